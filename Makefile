@@ -1,0 +1,47 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export D2V_DATA ?= $(CURDIR)/data
+export TQDM_MININTERVAL ?= 5
+
+.PHONY: setup demo test test-lib test-notebooks notebooks lab presets clean
+
+$(VENV)/.installed: requirements-lock.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-lock.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) -m d2v_mini demo
+
+presets: setup
+	$(PY) -m d2v_mini presets
+
+test: setup
+	$(PY) -m pytest -q tests
+	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
+	  CI=1 TQDM_DISABLE=1 D2V_PROFILE=tiny $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=900 notebooks; \
+	fi
+
+test-lib: setup
+	$(PY) -m pytest -q tests
+
+test-notebooks: setup
+	CI=1 TQDM_DISABLE=1 D2V_PROFILE=tiny $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=900 notebooks
+
+# Re-execute the notebooks in the tiny profile and store their outputs (what GitHub shows).
+notebooks: setup
+	TQDM_DISABLE=1 D2V_PROFILE=tiny $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
+	  --ExecutePreprocessor.timeout=900 notebooks/[0-9]*.ipynb
+	$(PY) -m nbstripout --keep-output --keep-count notebooks/[0-9]*.ipynb
+
+lab: setup
+	$(PY) -m jupyter lab notebooks/
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,205 @@
+"""Named presets: `tiny` (CPU, well under a second per step), `small` (one GPU), and the paper's
+`base` / `large` for each modality. `base_paper` presets give the paper's choices where the released
+code differs (vision: FFN-output targets, shared front end, 40 warm-up epochs, drop path 0.2; text:
+BERT 15% 80/10/10 masking, tau_n = 100k, tri-stage schedule).
+
+Sources: ../shared/reference/data2vec-recipes.md sections 3.1 (speech), 3.2 (vision), 3.3 (text).
+
+    cfg = preset("speech", "base");  model = Data2Vec(cfg)
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from .config import (Data2VecConfig, EMAConfig, GuardConfig, ImageConfig, LossConfig, MaskingConfig, OptimConfig,
+                     SpeechConfig, TargetConfig, TextConfig)
+
+IMAGENET_TRAIN = 1_281_167
+NO_GUARD = GuardConfig(min_target_var=0.0, min_pred_var=0.0)
+
+
+# ----------------------------------------------------------------------------------------- speech
+def speech_base() -> Data2VecConfig:
+    """fairseq examples/data2vec/config/audio/pretraining/base_librispeech.yaml (LibriSpeech 960 h)."""
+    return Data2VecConfig(
+        modality="speech", name="base",
+        encoder=SpeechConfig(layerdrop=0.05),
+        masking=MaskingConfig(kind="span", prob=0.65, length=10),
+        targets=TargetConfig(top_k=8, layer_norm="instance", final_norm="none", site="ffn"),
+        ema=EMAConfig(decay_start=0.999, decay_end=0.9999, anneal_steps=30_000,
+                      shared=("front_end", "positional"), teacher_input="student_features"),
+        loss=LossConfig(beta=0.0, scale=None, reduction="sum", head_layers=1),
+        # 16 GPUs x 3.8M samples per update; crops of 2-20 s
+        optim=OptimConfig(lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, schedule="tri_stage",
+                          warmup_steps=12_000, total_steps=400_000, tri_stage_ratios=(0.03, 0.9, 0.07),
+                          clip_norm=0.0, batch_size=16),
+        guard=GuardConfig(min_target_var=0.1, min_pred_var=0.01, after_steps=5000),
+        crop=320_000,
+    )
+
+
+def speech_large() -> Data2VecConfig:
+    """Libri-light LL-60K model (no released pretraining config: base recipe at large dims)."""
+    c = speech_base()
+    return replace(c, name="large", encoder=SpeechConfig(dim=1024, depth=24, heads=16, ffn_dim=4096, layerdrop=0.05),
+                   targets=replace(c.targets, top_k=8))
+
+
+def speech_small() -> Data2VecConfig:
+    c = speech_base()
+    return replace(c, name="small", encoder=SpeechConfig(dim=512, depth=8, heads=8, ffn_dim=2048, layerdrop=0.0),
+                   targets=replace(c.targets, top_k=6), crop=16_000 * 5,
+                   optim=replace(c.optim, total_steps=50_000, warmup_steps=1500, batch_size=32))
+
+
+def speech_tiny() -> Data2VecConfig:
+    c = speech_base()
+    conv = ((64, 10, 5),) + ((64, 3, 2),) * 4 + ((64, 2, 2),) * 2  # same 20 ms hop, 64 channels
+    enc = SpeechConfig(dim=96, depth=4, heads=4, ffn_dim=192, conv_layers=conv, conv_pos_layers=2,
+                       conv_pos_kernel=9, conv_pos_groups=4, dropout=0.0, attn_dropout=0.0, layerdrop=0.0)
+    return replace(c, name="tiny", encoder=enc, targets=replace(c.targets, top_k=3), crop=16_000,
+                   ema=replace(c.ema, decay_start=0.99, decay_end=0.999, anneal_steps=300),
+                   optim=replace(c.optim, lr=2e-3, schedule="cosine", warmup_steps=20, total_steps=300,
+                                 weight_decay=0.01, batch_size=16, clip_norm=1.0),
+                   guard=replace(c.guard, after_steps=100))
+
+
+# ------------------------------------------------------------------------------------------ image
+def _epochs(epochs: float, batch: int, n: int = IMAGENET_TRAIN) -> int:
+    return round(epochs * n / batch)
+
+
+def image_base() -> Data2VecConfig:
+    """The released data2vec-vision code (BEiT fork, README ViT-B): 800 epochs, batch 2048."""
+    return Data2VecConfig(
+        modality="image", name="base",
+        encoder=ImageConfig(norm_first=True, layer_scale_init=1e-4, key_bias=False, layer_norm_eps=1e-6,
+                            dropout=0.0, attn_dropout=0.05, activation_dropout=0.0, drop_path=0.25,
+                            rel_pos_bias="shared"),
+        masking=MaskingConfig(kind="block", num_patches=120, min_block=16, min_aspect=0.3),
+        targets=TargetConfig(top_k=6, layer_norm="layer", final_norm="layer", site="end"),
+        ema=EMAConfig(decay_start=0.9998, decay_end=0.9998, anneal_steps=0, shared=(), teacher_input="raw"),
+        loss=LossConfig(beta=2.0, reduction="mean", head_layers=1),
+        optim=OptimConfig(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05, schedule="cosine",
+                          warmup_steps=_epochs(10, 2048), total_steps=_epochs(800, 2048), min_lr_ratio=1e-5 / 2e-3,
+                          clip_norm=3.0, batch_size=2048),
+        guard=NO_GUARD,
+    )
+
+
+def image_base_paper() -> Data2VecConfig:
+    """The paper's description (P1 section 4.1) where it differs from the released code."""
+    c = image_base()
+    return replace(c, name="base_paper", encoder=replace(c.encoder, drop_path=0.2),
+                   targets=replace(c.targets, site="ffn", final_norm="none"),
+                   ema=replace(c.ema, shared=("front_end", "positional")),
+                   optim=replace(c.optim, warmup_steps=_epochs(40, 2048)))
+
+
+def image_large() -> Data2VecConfig:
+    """Released ViT-L stage 1: 800 epochs, batch 64 x 64 = 4096 (paper: 8192)."""
+    c = image_base()
+    enc = replace(c.encoder, dim=1024, depth=24, heads=16, ffn_dim=4096, layer_scale_init=1e-5,
+                  drop_path=0.2, attn_dropout=0.15)
+    return replace(c, name="large", encoder=enc,
+                   optim=replace(c.optim, lr=1e-3, warmup_steps=_epochs(80, 4096), total_steps=_epochs(800, 4096),
+                                 min_lr_ratio=1e-5 / 1e-3, batch_size=4096))
+
+
+def image_small() -> Data2VecConfig:
+    c = image_base()
+    enc = replace(c.encoder, dim=384, depth=12, heads=6, ffn_dim=1536, image_size=224, drop_path=0.1)
+    return replace(c, name="small", encoder=enc,
+                   optim=replace(c.optim, lr=1.5e-3, batch_size=256, warmup_steps=_epochs(10, 256, 100_000),
+                                 total_steps=_epochs(200, 256, 100_000)))
+
+
+def image_tiny() -> Data2VecConfig:
+    """32 x 32 images (CIFAR-10 / padded Fashion-MNIST), 4 x 4 patches: an 8 x 8 grid of 64 patches."""
+    c = image_base()
+    enc = replace(c.encoder, dim=96, depth=4, heads=4, ffn_dim=384, image_size=32, patch_size=4,
+                  layer_scale_init=0.1, drop_path=0.0, attn_dropout=0.0)
+    return replace(c, name="tiny", encoder=enc, masking=replace(c.masking, num_patches=38, min_block=4),
+                   targets=replace(c.targets, top_k=3),
+                   ema=replace(c.ema, decay_start=0.99, decay_end=0.999, anneal_steps=300),
+                   optim=replace(c.optim, lr=1e-3, warmup_steps=20, total_steps=300, min_lr_ratio=0.01,
+                                 batch_size=64, clip_norm=3.0))
+
+
+# ------------------------------------------------------------------------------------------- text
+def text_base() -> Data2VecConfig:
+    """fairseq examples/data2vec/config/text/pretraining/base.yaml (Books + Wikipedia, RoBERTa BPE)."""
+    return Data2VecConfig(
+        modality="text", name="base",
+        encoder=TextConfig(),
+        # the released config uses the paper's span variant: 35% in spans of 4, all replaced by <mask>
+        masking=MaskingConfig(kind="bert", prob=0.35, length=4, random_token_prob=0.0, leave_unmasked_prob=0.0),
+        targets=TargetConfig(top_k=10, layer_norm="layer", final_norm="none", site="ffn"),
+        ema=EMAConfig(decay_start=0.999, decay_end=0.9999, anneal_steps=300_000,
+                      shared=("front_end", "positional"), teacher_input="raw"),
+        loss=LossConfig(beta=4.0, scale=1.0, reduction="sum", head_layers=2),
+        # 16 GPUs x 8192 tokens = 256 sequences of 512 tokens
+        optim=OptimConfig(lr=2e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, schedule="cosine",
+                          warmup_steps=10_000, total_steps=1_000_000, min_lr_ratio=0.0, clip_norm=5.0,
+                          batch_size=256),
+        guard=NO_GUARD,
+        crop=512,
+    )
+
+
+def text_base_paper() -> Data2VecConfig:
+    """The paper's text recipe: BERT masking 15% with 80/10/10, tau_n 100k, tri-stage 5/80/15."""
+    c = text_base()
+    return replace(c, name="base_paper",
+                   masking=MaskingConfig(kind="bert", prob=0.15, length=1, random_token_prob=0.1,
+                                         leave_unmasked_prob=0.1),
+                   ema=replace(c.ema, anneal_steps=100_000),
+                   optim=replace(c.optim, schedule="tri_stage", tri_stage_ratios=(0.05, 0.8, 0.15),
+                                 tri_stage_decay="linear", warmup_steps=50_000))
+
+
+def text_large() -> Data2VecConfig:
+    """RoBERTa-large dims (no released data2vec 1.0 text-large recipe: base recipe at large dims)."""
+    c = text_base()
+    return replace(c, name="large", encoder=TextConfig(dim=1024, depth=24, heads=16, ffn_dim=4096))
+
+
+def text_small() -> Data2VecConfig:
+    c = text_base()
+    return replace(c, name="small", encoder=TextConfig(dim=512, depth=8, heads=8, ffn_dim=2048, max_positions=258),
+                   targets=replace(c.targets, top_k=6), crop=256,
+                   optim=replace(c.optim, lr=5e-4, batch_size=64, warmup_steps=2000, total_steps=100_000))
+
+
+def text_tiny() -> Data2VecConfig:
+    """A locally trained 2,048-token byte-level BPE, 64-token blocks."""
+    c = text_base()
+    enc = TextConfig(dim=96, depth=4, heads=4, ffn_dim=384, vocab_size=2048, max_positions=66, mask_idx=4,
+                     dropout=0.0, attn_dropout=0.0)
+    return replace(c, name="tiny", encoder=enc, targets=replace(c.targets, top_k=3), crop=64,
+                   loss=replace(c.loss, head_layers=2),
+                   ema=replace(c.ema, decay_start=0.99, decay_end=0.999, anneal_steps=300),
+                   optim=replace(c.optim, lr=1e-3, warmup_steps=20, total_steps=300, min_lr_ratio=0.01,
+                                 batch_size=32, clip_norm=1.0))
+
+
+PRESETS = {
+    "speech": {"tiny": speech_tiny, "small": speech_small, "base": speech_base, "large": speech_large},
+    "image": {"tiny": image_tiny, "small": image_small, "base": image_base, "base_paper": image_base_paper,
+              "large": image_large},
+    "text": {"tiny": text_tiny, "small": text_small, "base": text_base, "base_paper": text_base_paper,
+             "large": text_large},
+}
+
+# encoder parameter counts of the released checkpoints (Hugging Face Data2Vec*Model, no pooler)
+RELEASED_PARAMS = {("image", "base"): 85.7e6, ("image", "large"): 303.1e6, ("speech", "base"): 93.2e6,
+                   ("speech", "large"): 313.3e6, ("text", "base"): 124.1e6, ("text", "large"): 354.3e6}
+
+
+def preset(modality: str, name: str = "tiny") -> Data2VecConfig:
+    """A fresh config for `modality` in {speech, image, text} and `name` in PRESETS[modality]."""
+    if modality not in PRESETS:
+        raise ValueError(f"unknown modality {modality!r}: expected one of {sorted(PRESETS)}")
+    if name not in PRESETS[modality]:
+        raise ValueError(f"unknown preset {name!r} for {modality}: expected one of {list(PRESETS[modality])}")
+    return PRESETS[modality][name]()
