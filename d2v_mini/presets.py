@@ -174,7 +174,7 @@ def text_small() -> Data2VecConfig:
 def text_tiny() -> Data2VecConfig:
     """A locally trained 2,048-token byte-level BPE, 64-token blocks."""
     c = text_base()
-    enc = TextConfig(dim=96, depth=4, heads=4, ffn_dim=384, vocab_size=2048, max_positions=66, mask_idx=4,
+    enc = TextConfig(dim=96, depth=4, heads=4, ffn_dim=384, vocab_size=2048, max_positions=66, mask_idx=2047,
                      dropout=0.0, attn_dropout=0.0)
     return replace(c, name="tiny", encoder=enc, targets=replace(c.targets, top_k=3), crop=64,
                    loss=replace(c.loss, head_layers=2),
@@ -203,3 +203,36 @@ def preset(modality: str, name: str = "tiny") -> Data2VecConfig:
     if name not in PRESETS[modality]:
         raise ValueError(f"unknown preset {name!r} for {modality}: expected one of {list(PRESETS[modality])}")
     return PRESETS[modality][name]()
+
+
+def preset_rows() -> list[dict]:
+    """One row per preset: what `python -m d2v_mini presets` prints (and `--json` emits)."""
+    import torch
+
+    from .encoder import build_encoder
+
+    rows = []
+    for modality, names in PRESETS.items():
+        for name in names:
+            c = preset(modality, name)
+            with torch.device("meta"):  # count parameters without allocating them
+                n = build_encoder(c).num_params()
+            m = c.masking
+            masking = {"span": f"span p={m.prob} len={m.length}",
+                       "block": f"block {m.num_patches} patches (min {m.min_block})",
+                       "bert": f"bert p={m.prob} len={m.length} rand={m.random_token_prob} keep={m.leave_unmasked_prob}",
+                       }[m.kind]
+            rows.append({"modality": modality, "preset": name, "layers": c.encoder.depth, "dim": c.encoder.dim,
+                         "heads": c.encoder.heads, "encoder_params": n, "masking": masking, "top_k": c.targets.top_k,
+                         "tau": f"{c.ema.decay_start}->{c.ema.decay_end}"
+                                + (f" / {c.ema.anneal_steps}" if c.ema.anneal_steps else "")})
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table of `preset_rows()`."""
+    head = ["modality", "preset", "layers", "dim", "heads", "encoder_params", "masking", "top_k", "tau"]
+    cells = [[f"{r[h] / 1e6:.1f}M" if h == "encoder_params" else str(r[h]) for h in head] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+    line = lambda xs: "  ".join(x.ljust(w) for x, w in zip(xs, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(c) for c in cells])

@@ -1,0 +1,62 @@
+"""Presets carry the recipe numbers and the released encoders' sizes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from d2v_mini.config import Data2VecConfig
+from d2v_mini.encoder import build_encoder
+from d2v_mini.presets import PRESETS, RELEASED_PARAMS, preset
+
+
+@pytest.mark.parametrize("key", sorted(RELEASED_PARAMS))
+def test_base_and_large_have_the_released_sizes(key):
+    modality, name = key
+    with torch.device("meta"):
+        n = build_encoder(preset(modality, name)).num_params()
+    assert abs(n - RELEASED_PARAMS[key]) / RELEASED_PARAMS[key] < 0.02, f"{key}: {n / 1e6:.2f}M"
+
+
+def test_recipe_numbers():
+    s, i, t = preset("speech", "base"), preset("image", "base"), preset("text", "base")
+    assert (s.masking.prob, s.masking.length, s.targets.top_k, s.targets.layer_norm) == (0.65, 10, 8, "instance")
+    assert (s.ema.decay_start, s.ema.decay_end, s.ema.anneal_steps) == (0.999, 0.9999, 30_000)
+    assert s.loss.beta == 0 and s.loss.scale is None and s.optim.lr == 5e-4 and s.optim.betas == (0.9, 0.98)
+    assert s.encoder.conv_pos_layers == 5 and s.encoder.conv_pos_kernel == 19 and s.encoder.conv_pos_groups == 16
+    assert (i.masking.num_patches, i.masking.min_block, i.targets.top_k) == (120, 16, 6)
+    assert (i.targets.site, i.targets.final_norm, i.loss.beta, i.ema.decay_end) == ("end", "layer", 2.0, 0.9998)
+    assert i.ema.shared == () and i.optim.lr == 2e-3 and i.encoder.drop_path == 0.25
+    assert (t.targets.top_k, t.targets.layer_norm, t.loss.beta, t.loss.scale, t.loss.head_layers) == \
+        (10, "layer", 4.0, 1.0, 2)
+    assert (t.masking.prob, t.masking.length, t.ema.anneal_steps) == (0.35, 4, 300_000)
+    paper = preset("text", "base_paper")
+    assert (paper.masking.prob, paper.masking.random_token_prob, paper.ema.anneal_steps) == (0.15, 0.1, 100_000)
+
+
+def test_every_preset_round_trips_through_a_dict():
+    for modality, names in PRESETS.items():
+        for name in names:
+            cfg = preset(modality, name)
+            again = Data2VecConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+            assert again == cfg, (modality, name)
+
+
+def test_unknown_preset_is_explained():
+    with pytest.raises(ValueError, match="expected one of"):
+        preset("image", "huge")
+
+
+def test_cli_presets_table_and_json():
+    run = lambda *a: subprocess.run([sys.executable, "-m", "d2v_mini", "presets", *a],  # noqa: E731
+                                    capture_output=True, text=True, check=True).stdout
+    rows = json.loads(run("--json"))
+    assert {(r["modality"], r["preset"]) for r in rows} >= set(RELEASED_PARAMS)
+    for r in rows:
+        assert set(r) >= {"modality", "preset", "layers", "dim", "heads", "encoder_params"}
+    base = next(r for r in rows if (r["modality"], r["preset"]) == ("speech", "base"))
+    assert (base["layers"], base["dim"], base["heads"]) == (12, 768, 12)
+    assert "93.2M" in run() and "0.999->0.9999" in run()
