@@ -58,6 +58,7 @@ class ImageConfig(TransformerConfig):
     in_chans: int = 3
     rel_pos_bias: Literal["shared", "per_layer", "none"] = "shared"
     abs_pos_emb: bool = False
+    final_norm: bool = True  # False: no final LayerNorm (HF `use_mean_pooling=True`, the fine-tuned encoders)
 
 
 @dataclass

@@ -66,7 +66,7 @@ class ImageEncoder(Encoder):
             self.rel_pos = None
         self.dropout = nn.Dropout(cfg.dropout)
         self.transformer = Transformer(cfg)
-        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps) if cfg.final_norm else nn.Identity()
         for p in (self.cls_token, self.mask_token) + ((self.pos_embed,) if self.pos_embed is not None else ()):
             nn.init.trunc_normal_(p, std=0.02)
 
