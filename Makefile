@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-export D2V_DATA ?= $(CURDIR)/data
+# D2V_DATA: the data root (unset: ./data, or ../shared/data for the tests when it exists).
 export TQDM_MININTERVAL ?= 5
 
 .PHONY: setup demo test test-lib test-notebooks notebooks lab presets clean
