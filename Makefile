@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# D2V_DATA: the data root (unset: ./data, or ../shared/data for the tests when it exists).
+# D2V_DATA is the data root (default ./data). The tests fall back to the offline mirror ../shared/data.
+TEST_DATA := $(or $(D2V_DATA),$(if $(wildcard ../shared/data),$(abspath ../shared/data),$(CURDIR)/data))
+NBVAL := CI=1 TQDM_DISABLE=1 D2V_PROFILE=tiny D2V_DATA=$(TEST_DATA) $(PY) -m pytest -q -p no:cacheprovider \
+	--nbval-lax --nbval-current-env --nbval-cell-timeout=900
 export TQDM_MININTERVAL ?= 5
 
 .PHONY: setup demo test test-lib test-notebooks notebooks lab presets clean
@@ -23,20 +26,18 @@ presets: setup
 	$(PY) -m d2v_mini presets
 
 test: setup
-	$(PY) -m pytest -q tests
-	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
-	  CI=1 TQDM_DISABLE=1 D2V_PROFILE=tiny $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=900 notebooks; \
-	fi
+	D2V_DATA=$(TEST_DATA) $(PY) -m pytest -q tests
+	$(NBVAL) notebooks
 
 test-lib: setup
-	$(PY) -m pytest -q tests
+	D2V_DATA=$(TEST_DATA) $(PY) -m pytest -q tests
 
 test-notebooks: setup
-	CI=1 TQDM_DISABLE=1 D2V_PROFILE=tiny $(PY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-current-env --nbval-cell-timeout=900 notebooks
+	$(NBVAL) notebooks
 
 # Re-execute the notebooks in the tiny profile and store their outputs (what GitHub shows).
 notebooks: setup
-	TQDM_DISABLE=1 D2V_PROFILE=tiny $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
+	TQDM_DISABLE=1 D2V_PROFILE=tiny D2V_DATA=$(TEST_DATA) $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
 	  --ExecutePreprocessor.timeout=900 notebooks/[0-9]*.ipynb
 	$(PY) -m nbstripout --keep-output --keep-count notebooks/[0-9]*.ipynb
 
