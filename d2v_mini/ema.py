@@ -34,7 +34,9 @@ class EMATeacher(nn.Module):
         self.model = build_encoder(student.cfg)
         self.model.load_state_dict(student.state_dict())
         self.model.float().requires_grad_(False).eval()
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))  # saved in checkpoints
+        self._updates = 0  # its Python mirror: reading the buffer on a GPU would synchronise every step
+        self.register_load_state_dict_post_hook(lambda module, _: setattr(module, "_updates", int(module.num_updates)))
         names = [n for n, _ in self.model.named_parameters()]
         self.shared_names = [n for n in names if self.model.group_of(n) in cfg.shared]
         self.averaged_names = [n for n in names if self.model.group_of(n) not in cfg.shared]
@@ -44,7 +46,7 @@ class EMATeacher(nn.Module):
 
     @property
     def decay(self) -> float:
-        return ema_decay(int(self.num_updates), self.cfg)
+        return ema_decay(self._updates, self.cfg)
 
     @torch.no_grad()
     def step(self, student: Encoder) -> float:
@@ -57,7 +59,8 @@ class EMATeacher(nn.Module):
         if tau < 1.0 and self.averaged_names:  # tau_e = 1 freezes the teacher
             torch._foreach_lerp_([t[n] for n in self.averaged_names],
                                  [s[n].detach().float() for n in self.averaged_names], 1.0 - tau)
-        self.num_updates += 1
+        self._updates += 1
+        self.num_updates.fill_(self._updates)
         return tau
 
     def forward(self, *args, **kwargs):

@@ -1,0 +1,94 @@
+"""Optimiser and learning-rate schedules of the data2vec 1.0 recipes.
+
+    AdamW(betas, eps, weight_decay)  with no decay on 1-D parameters and position / special tokens
+    lr(s) = cfg.lr * factor(s)       s = optimizer steps done (torch LambdaLR)
+
+Three schedules (`OptimConfig.schedule`), T = total_steps, w = warmup_steps:
+  - cosine    (BEiT, data2vec vision and text): s / w during warm-up, then
+              m + (1 - m) * (1 + cos(pi * (s - w) / (T - w))) / 2, m = min_lr_ratio; m after T.
+  - tri_stage (fairseq, data2vec speech): phases of ratios (r0, r1, r2) of T: linear 0.01 -> 1,
+              hold 1, then decay to 0.01, exponential exp(-ln(100) * t / d) (fairseq code) or linear
+              (the paper's wording), and 0.01 after. `warmup_steps` is ignored: the ratios rule, as
+              fairseq's `phase_ratio` does.
+  - constant  warm-up s / w, then 1.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import OptimConfig
+
+TRI_STAGE_INIT_SCALE = 0.01  # fairseq init_lr_scale
+TRI_STAGE_FINAL_SCALE = 0.01  # fairseq final_lr_scale
+# parameters that are not 1-D but must not decay either (BEiT's `no_weight_decay`, fairseq v2)
+NO_DECAY_NAMES = ("cls_token", "mask_token", "mask_emb", "pos_embed", "rel_pos")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups over the trainable parameters: decayed matrices / kernels, and undecayed
+    1-D parameters (norm weights, biases, layer-scale gamma, mask_emb) plus CLS / mask tokens,
+    absolute positions and relative-position tables. The teacher (requires_grad False) is left out."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or name.endswith(".bias") or any(k in name for k in NO_DECAY_NAMES)
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with the recipe's lr, betas, eps and weight decay (decoupled, like fairseq's Adam)."""
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def lr_factor(step: int, cfg: OptimConfig, total_steps: int | None = None) -> float:
+    """The multiplier of cfg.lr after `step` optimizer steps (the closed forms of the module docstring)."""
+    total = cfg.total_steps if total_steps is None else total_steps
+    if total <= 0:
+        raise ValueError(f"total_steps must be positive, got {total}")
+    if cfg.schedule == "tri_stage":
+        r = cfg.tri_stage_ratios
+        if len(r) != 3 or abs(sum(r) - 1.0) > 1e-6:
+            raise ValueError(f"tri_stage_ratios must be 3 fractions of total_steps summing to 1, got {r}")
+        w, h, d = (round(total * x) for x in r)  # fairseq int() would turn 0.29 * 100 into 28
+        if step < w:
+            return TRI_STAGE_INIT_SCALE + (1 - TRI_STAGE_INIT_SCALE) * step / w
+        if step < w + h:
+            return 1.0
+        t = step - w - h
+        if t <= d and d > 0:
+            if cfg.tri_stage_decay == "exponential":
+                return math.exp(math.log(TRI_STAGE_FINAL_SCALE) * t / d)
+            if cfg.tri_stage_decay == "linear":
+                return 1.0 - (1.0 - TRI_STAGE_FINAL_SCALE) * t / d
+            raise ValueError(f"unknown tri_stage_decay {cfg.tri_stage_decay!r}: expected 'exponential' or 'linear'")
+        return TRI_STAGE_FINAL_SCALE
+    w = min(cfg.warmup_steps, total)
+    if step < w:
+        return step / w
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "cosine":
+        m = cfg.min_lr_ratio
+        progress = min((step - w) / max(total - w, 1), 1.0)
+        return m + (1 - m) * 0.5 * (1 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown schedule {cfg.schedule!r}: expected 'cosine', 'tri_stage' or 'constant'")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig,
+                    total_steps: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """A LambdaLR giving lr = cfg.lr * lr_factor(s) for the s-th optimizer step (s = 0 first).
+
+    Call `scheduler.step()` once after every `optimizer.step()`. total_steps: the schedule's length
+    (default cfg.total_steps); past it the lr stays at its final value."""
+    lr_factor(0, cfg, total_steps)  # validate the config now, not at the first step
+
+    def factor(step: int) -> float:
+        return lr_factor(step, cfg, total_steps)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
