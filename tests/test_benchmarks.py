@@ -1,0 +1,104 @@
+"""Smoke and consistency tests of benchmarks/ (runtime 20-45 s on 2 shared CPU cores, mostly the three
+`--quick` subprocesses). Nothing here asserts on a wall-clock time: only that each script runs, prints
+its table, and that its numbers are consistent with each other and with the model."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import bench_step  # noqa: E402
+import common  # noqa: E402
+from d2v_mini.data2vec import Data2Vec  # noqa: E402
+
+
+def run_quick(script: str, tmp_path: Path) -> tuple[str, dict]:
+    out = tmp_path / f"{script}.json"
+    cmd = [sys.executable, str(BENCH / f"{script}.py"), "--quick", "--threads", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout, json.loads(out.read_text())
+
+
+def check_header(stdout: str, result: dict) -> None:
+    assert stdout.startswith("# "), "the header comes first"
+    for key in ("torch", "device", "threads", "precision"):
+        assert f"#   {key}: " in stdout
+    assert result["header"]["threads"] == 1 and result["header"]["device"].startswith("cpu")
+    assert [r["modality"] for r in result["rows"]] == list(common.MODALITIES)
+
+
+def test_bench_vs_hf_quick(tmp_path):
+    pytest.importorskip("transformers")
+    stdout, result = run_quick("bench_vs_hf", tmp_path)
+    check_header(stdout, result)
+    assert "ours_ms" in stdout and "hf_ms" in stdout and "ratio" in stdout
+    for r in result["rows"]:
+        assert r["ours_ms"] > 0 and r["hf_ms"] > 0
+        assert math.isclose(r["ratio"], r["ours_ms"] / r["hf_ms"])
+        # the HF config is equivalent to ours: same parameter count, except HF text's token-type row [1, D]
+        dim = common.bench_config(r["modality"], "tiny").encoder.dim
+        assert r["hf_extra_params"] == (dim if r["modality"] == "text" else 0), r
+        assert 0.0 < r["masked"] < 1.0
+
+
+def test_bench_step_quick(tmp_path):
+    stdout, result = run_quick("bench_step", tmp_path)
+    check_header(stdout, result)
+    assert "student_ms" in stdout and "share of the step" in stdout
+    for r in result["rows"]:
+        ms = [r[f"{p}_ms"] for p in bench_step.PHASES]
+        assert all(m > 0 for m in ms)
+        assert math.isclose(sum(ms), r["sum_ms"], rel_tol=1e-9)
+        assert math.isclose(sum(r[f"{p}_pct"] for p in bench_step.PHASES), 100.0, rel_tol=1e-9)
+
+
+def test_bench_throughput_quick(tmp_path):
+    stdout, result = run_quick("bench_throughput", tmp_path)
+    check_header(stdout, result)
+    assert "samples_per_s" in stdout
+    for r in result["rows"]:
+        assert math.isfinite(r["loss"]) and r["loss"] > 0
+        assert math.isclose(r["samples_per_s"] * r["step_ms"] / 1e3, r["batch"])  # samples/s = B / step time
+        if r["modality"] == "speech":  # tiny crops are 1 s of 16 kHz audio
+            assert r["input"] == "16000" and math.isclose(r["audio_s_per_s"], r["samples_per_s"])
+        if r["modality"] == "text":  # 64-token blocks
+            assert math.isclose(r["tokens_per_s"], 64 * r["samples_per_s"])
+
+
+@pytest.mark.parametrize("modality", common.MODALITIES)
+def test_split_forward_is_data2vec_forward(modality):
+    """The phase-split step measures the real step: same mask stream -> the same loss as Data2Vec.forward.
+    If data2vec.py changes its forward, this fails until bench_step.split_forward follows."""
+    cfg = common.bench_config(modality, "tiny")
+    torch.manual_seed(0)
+    model = Data2Vec(cfg).train()
+    with torch.no_grad():  # a student that differs from its teacher, so the targets are not trivially related
+        for p in model.student.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    source = common.make_batch(cfg, 3, torch.device("cpu"), generator=torch.Generator().manual_seed(1))
+    ref = model(source, generator=torch.Generator().manual_seed(2))
+    loss, n = bench_step.split_forward(model, source, torch.Generator().manual_seed(2))
+    assert n == ref.num_masked > 0
+    torch.testing.assert_close(loss, ref.loss, rtol=1e-6, atol=1e-7)
+    other, _ = bench_step.split_forward(model, source, torch.Generator().manual_seed(3))
+    assert not torch.allclose(other, ref.loss), "a different mask must give a different loss"
+
+
+def test_make_batch_text_has_no_special_inside():
+    cfg = common.bench_config("text", "tiny")
+    ids = common.make_batch(cfg, 4, torch.device("cpu"), tokens=32, generator=torch.Generator().manual_seed(0))
+    enc = cfg.encoder
+    assert ids.shape == (4, 32) and ids.dtype == torch.long
+    assert (ids[:, 0] == enc.bos_idx).all() and (ids[:, -1] == enc.eos_idx).all()
+    inner = ids[:, 1:-1]
+    assert (inner >= 4).all() and (inner < enc.vocab_size).all() and not (inner == enc.mask_idx).any()
