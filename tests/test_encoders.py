@@ -81,8 +81,10 @@ def test_image_mask_token_and_cls():
     mask = torch.zeros(2, enc.num_patches, dtype=torch.bool)
     mask[0, :10] = True
     out = enc(img, mask)
-    emb = out.hidden_states[0]  # [CLS] + patches, before the blocks (no absolute positions in this preset)
+    emb = out.hidden_states[0]  # [CLS] + patches (+ absolute positions if the preset has them), before the blocks
     assert emb.shape[1] == enc.num_patches + 1
+    if enc.pos_embed is not None:
+        emb = emb - enc.pos_embed
     assert torch.allclose(emb[:, 0], enc.cls_token[0, 0].expand(2, -1))
     assert torch.allclose(emb[:, 1:][mask], enc.mask_token[0].expand(int(mask.sum()), -1))
     patches, _ = enc.embed(img)
