@@ -184,8 +184,10 @@ def _pretrain(cfg, dataset, collate_fn, opts: TrainOptions, model, info: DistInf
             state["epoch"], state["sample"] = state["epoch"] + 1, 0
 
     history, pending, base_seconds = [], [], state["seconds"]  # training time of earlier (resumed) calls
+    # TQDM_DISABLE=1 (CI, executed notebooks) is read here: tqdm.notebook ignores it (it forces disable=False)
+    quiet = os.environ.get("TQDM_DISABLE", "") not in ("", "0")
     bar = tqdm(total=total, initial=state["step"], desc="pretrain", dynamic_ncols=True,
-               disable=not (opts.progress and info.is_main))
+               disable=quiet or not (opts.progress and info.is_main))
 
     def flush():  # one device sync: check every pending step, log the window's means
         rows = torch.stack([v for _, v, _, _ in pending]).cpu().tolist()

@@ -1,0 +1,199 @@
+"""Which data a preset pretrains on and is probed with, per modality.
+
+    dataset, collate_fn = pretrain_data(cfg)            # unlabelled batches dict(source, padding_mask?)
+    task = probe_data(cfg)                              # the labelled ProbeTask for `evaluate.probe`
+
+| modality | pretraining (default)                       | probe (default)      | other pretraining sets        |
+|----------|---------------------------------------------|----------------------|-------------------------------|
+| speech   | FSDD train split, 16 kHz, crops of cfg.crop | fsdd_digits          | speech_commands, librispeech  |
+| image    | Fashion-MNIST train, cfg.encoder.image_size | fashion_mnist        | cifar10                       |
+| text     | tiny-shakespeare train, blocks of cfg.crop  | sentence_polarity    | wikitext-2, wikitext-103,     |
+|          |                                             |                      | sentence_polarity, subjectivity |
+
+Text: an encoder with RoBERTa's 50,265-token table reads GPT-2's BPE; any other `vocab_size` (the tiny
+preset's 2,048) gets a byte-level BPE of exactly that size trained on the pretraining corpus (cached).
+Pretraining only sees the train split of its data set; the probes use their own held-out test split.
+"sentence_polarity" / "subjectivity" as *pretraining* sets are the unlabelled sentences of the probe
+task's train split (in-domain text, one sentence per item): the test sentences are never seen.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from torch.utils.data import Dataset, Subset, default_collate
+
+from .config import Data2VecConfig
+
+DATASETS = {
+    "speech": ("fsdd", "speech_commands", "librispeech"),
+    "image": ("fashion_mnist", "cifar10"),
+    "text": ("tinyshakespeare", "wikitext-2", "wikitext-103", "sentence_polarity", "subjectivity"),
+}
+SENTENCE_SETS = ("sentence_polarity", "subjectivity")  # the probe tasks' train sentences, labels dropped
+DEFAULT_PROBE = {"speech": "fsdd_digits", "image": "fashion_mnist", "text": "sentence_polarity"}
+GPT2_VOCAB = 50_265
+
+
+def default_dataset(modality: str) -> str:
+    """The pretraining data set of a modality (the first of DATASETS[modality])."""
+    _check_modality(modality)
+    return DATASETS[modality][0]
+
+
+def default_probe(modality: str) -> str:
+    """The probe task of a modality: fsdd_digits / fashion_mnist / sentence_polarity."""
+    _check_modality(modality)
+    return DEFAULT_PROBE[modality]
+
+
+def _check_modality(modality: str) -> None:
+    if modality not in DATASETS:
+        raise ValueError(f"unknown modality {modality!r}: expected one of {sorted(DATASETS)}")
+
+
+class SourceOnly:
+    """Wrap a collate_fn and keep only what pretraining reads: dict(source, padding_mask if present)."""
+
+    def __init__(self, collate_fn: Callable):
+        self.collate_fn = collate_fn
+
+    def __call__(self, items: list[dict]) -> dict:
+        batch = self.collate_fn(items)
+        return {k: batch[k] for k in ("source", "padding_mask") if k in batch}
+
+
+def _limit(dataset: Dataset, limit: int | None) -> Dataset:
+    """The first `limit` items (deterministic), or the data set itself."""
+    return dataset if limit is None or limit >= len(dataset) else Subset(dataset, range(limit))
+
+
+# ---------------------------------------------------------------------------------------- tokenizer
+def tokenizer_for(cfg: Data2VecConfig, dataset: str | None = None, *, root: str | Path | None = None):
+    """The tokenizer of a text config: GPT-2's BPE for a 50,265-token table, else a BPE of exactly
+    cfg.encoder.vocab_size tokens trained on the train split of `dataset` (default tiny-shakespeare).
+    Raises ValueError if its ids (vocabulary size, <mask>, <pad>, <s>, </s>) do not match cfg.encoder."""
+    from .data import Tokenizer, read_corpus
+
+    enc = cfg.encoder
+    if cfg.modality != "text":
+        raise ValueError(f"only text configs have a tokenizer, got modality {cfg.modality!r}")
+    if enc.vocab_size == GPT2_VOCAB:
+        tok = Tokenizer.gpt2(root)
+    else:
+        name = dataset or default_dataset("text")
+        text = "\n".join(_train_sentences(name, root)) if name in SENTENCE_SETS else read_corpus(name, "train", root)
+        tok = Tokenizer.train(text, enc.vocab_size, name=f"{name}-train")
+    check_tokenizer(tok, cfg)
+    return tok
+
+
+def check_tokenizer(tok, cfg: Data2VecConfig) -> None:
+    """Raise ValueError unless the tokenizer's ids are the ones the text encoder was built for."""
+    enc = cfg.encoder
+    pairs = {"vocab_size": (tok.vocab_size, enc.vocab_size), "<mask> id": (tok.mask_id, enc.mask_idx),
+             "<pad> id": (tok.pad_id, enc.pad_idx), "<s> id": (tok.bos_id, enc.bos_idx),
+             "</s> id": (tok.eos_id, enc.eos_idx)}
+    bad = [f"{k}: tokenizer {a} vs cfg.encoder {b}" for k, (a, b) in pairs.items() if a != b]
+    if bad:
+        raise ValueError(f"tokenizer {tok!r} does not match the text encoder config ({'; '.join(bad)}). "
+                         f"The tokenizer puts <mask> at vocab_size - 1: set cfg.encoder.vocab_size and "
+                         f"cfg.encoder.mask_idx = vocab_size - 1 accordingly.")
+
+
+# ------------------------------------------------------------------------------------- pretraining
+def pretrain_data(cfg: Data2VecConfig, dataset: str | None = None, *, root: str | Path | None = None,
+                  limit: int | None = None) -> tuple[Dataset, Callable]:
+    """The unlabelled pretraining set of a config and its collate_fn.
+
+    Batches: speech dict(source=float [B, N], padding_mask=bool [B, N]) with N <= cfg.crop samples;
+    image dict(source=float [B, C, S, S]) augmented by `pretrain_transform`, S = cfg.encoder.image_size;
+    text dict(source=long [B, L], padding_mask=bool [B, L]) of blocks of L = cfg.crop tokens.
+    `limit` keeps the first `limit` items (examples, images or blocks)."""
+    from . import data
+
+    name = dataset or default_dataset(cfg.modality)
+    if name not in DATASETS[cfg.modality]:
+        raise ValueError(f"unknown {cfg.modality} pretraining data set {name!r}: expected one of "
+                         f"{DATASETS[cfg.modality]}")
+    enc = cfg.encoder
+
+    if cfg.modality == "speech":
+        ds = {"fsdd": lambda: data.FSDD("train", root=root, sample_rate=enc.sample_rate),
+              "speech_commands": lambda: data.SpeechCommands("train", root=root, sample_rate=enc.sample_rate),
+              "librispeech": lambda: data.LibriSpeech("test-clean" if _mirror_only(root) else "train-clean-100",
+                                                      root=root, sample_rate=enc.sample_rate)}[name]()
+        from .modalities.speech import ConvFeatureEncoder
+        min_samples = ConvFeatureEncoder(enc.conv_layers).min_samples()
+        crop = cfg.crop or 15 * enc.sample_rate
+        return _limit(ds, limit), SourceOnly(data.AudioCollator(max_samples=crop, min_samples=min_samples))
+
+    if cfg.modality == "image":
+        transform = data.pretrain_transform(enc.image_size, channels=enc.in_chans)
+        cls = {"fashion_mnist": data.FashionMNIST, "cifar10": data.CIFAR10}[name]
+        return cls("train", root=root, transform=transform, limit=limit), SourceOnly(default_collate)
+
+    tok = tokenizer_for(cfg, name, root=root)
+    block = cfg.crop or 512
+    max_tokens = enc.max_positions - enc.pad_idx - 1
+    if block > max_tokens:
+        raise ValueError(f"cfg.crop = {block} tokens per block, but the encoder has only {max_tokens} positions")
+    if name in SENTENCE_SETS:  # one sentence per item, <s> ... </s>, padded per batch
+        from .data.probe import Sentences
+        texts = _train_sentences(name, root)
+        items = Sentences(texts, [0] * len(texts), tok, block)
+    else:
+        items = data.text_blocks(name, "train", tok, block, root=root)
+    return _limit(items, limit), SourceOnly(data.TextCollator(tok.pad_id))
+
+
+def _train_sentences(task: str, root) -> list[str]:
+    """The sentences of a sentence task's train split (the probe's split), without their labels."""
+    from .data.probe import read_sentences, stratified_split
+
+    texts, labels = read_sentences(task, root)
+    return [texts[i] for i in stratified_split(labels)[0]]
+
+
+def _mirror_only(root) -> bool:
+    """True when only the mirror's 4-utterance LibriSpeech test-clean is available."""
+    from .data import data_root
+
+    base = data_root(root) / "librispeech" / "LibriSpeech"
+    return (base / "test-clean").exists() and not (base / "train-clean-100").exists()
+
+
+def run_info(cfg: Data2VecConfig, dataset: str | None = None, *, root: str | Path | None = None) -> dict:
+    """What a run's pipeline.json records so that `probe` can rebuild the same pipeline: modality,
+    preset, pretraining data set and (text) the tokenizer's fingerprint."""
+    name = dataset or default_dataset(cfg.modality)
+    info = dict(modality=cfg.modality, preset=cfg.name, dataset=name)
+    if cfg.modality == "text":
+        info["tokenizer"] = tokenizer_for(cfg, name, root=root).fingerprint
+    return info
+
+
+# ------------------------------------------------------------------------------------------- probes
+def probe_data(cfg: Data2VecConfig, task: str | None = None, *, dataset: str | None = None,
+               root: str | Path | None = None, limit_train: int | None = None,
+               limit_test: int | None = None):
+    """The labelled `ProbeTask` for an encoder of `cfg` (default: `default_probe(cfg.modality)`),
+    with images at the encoder's size / channels and text in the encoder's tokenizer (`dataset` names
+    the pretraining corpus the tiny tokenizer was trained on)."""
+    from .data import probe_task
+    from .data.probe import PROBE_TASKS
+
+    name = task or default_probe(cfg.modality)
+    if name not in PROBE_TASKS:
+        raise ValueError(f"unknown probe task {name!r}; choose from {PROBE_TASKS}")
+    modality = "speech" if name.startswith("fsdd") else "image" if name in ("fashion_mnist", "cifar10") else "text"
+    if modality != cfg.modality:
+        raise ValueError(f"probe task {name!r} is {modality}, but the encoder is {cfg.modality}")
+    kw = dict(root=root, limit_train=limit_train, limit_test=limit_test)
+    if cfg.modality == "image":
+        kw.update(image_size=cfg.encoder.image_size, channels=cfg.encoder.in_chans)
+    if cfg.modality == "text":
+        enc = cfg.encoder
+        kw.update(tokenizer=tokenizer_for(cfg, dataset, root=root),
+                  max_tokens=min(cfg.crop or 512, enc.max_positions - enc.pad_idx - 1))
+    return probe_task(name, **kw)
