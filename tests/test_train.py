@@ -136,7 +136,7 @@ def test_no_weight_decay_on_norms_biases_and_tokens():
     assert not any(n.startswith("teacher.") for n in names)
     assert sum(len(g["params"]) for g in groups) == len(names) == sum(p.requires_grad for p in model.parameters())
     for n, decayed in names.items():
-        undecayed = (n.endswith(".bias") or "norm" in n or "gamma" in n or "token" in n or "rel_pos" in n)
+        undecayed = (n.endswith(".bias") or "norm" in n or "gamma" in n or "token" in n or "rel_pos" in n or "pos_embed" in n)
         assert decayed != undecayed, n
     # with zero gradients AdamW only applies decoupled decay: w <- w (1 - lr wd), the rest stays put
     cfg = OptimConfig(lr=0.1, weight_decay=0.5)
