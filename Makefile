@@ -7,6 +7,8 @@ TEST_DATA := $(or $(D2V_DATA),$(if $(wildcard ../shared/data),$(abspath ../share
 NBVAL := CI=1 TQDM_DISABLE=1 D2V_PROFILE=tiny D2V_DATA=$(TEST_DATA) $(PY) -m pytest -q -p no:cacheprovider \
 	--nbval-lax --nbval-current-env --nbval-cell-timeout=900
 export TQDM_MININTERVAL ?= 5
+# idle OpenMP threads sleep instead of spinning (spinning starves the other process on a shared 2-core box)
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: setup demo test test-lib test-notebooks notebooks lab presets clean
 
