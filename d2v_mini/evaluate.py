@@ -106,7 +106,8 @@ def extract_features(encoder: nn.Module, dataset: Dataset, collate_fn: Callable 
 def _fit_logreg(x: Tensor, y: Tensor, num_classes: int, weight_decay: float, steps: int) -> nn.Linear:
     """Multinomial logistic regression, full-batch L-BFGS. x: [N, D] (standardised); y: long [N]."""
     head = nn.Linear(x.shape[1], num_classes)
-    nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)  # convex problem: a fixed start, same answer
+    nn.init.zeros_(head.weight)  # a convex problem: a fixed start gives the same answer every time
+    nn.init.zeros_(head.bias)
     opt = torch.optim.LBFGS(head.parameters(), lr=1.0, max_iter=steps, history_size=20,
                             line_search_fn="strong_wolfe", tolerance_grad=1e-6, tolerance_change=1e-9)
 

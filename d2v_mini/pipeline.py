@@ -3,12 +3,12 @@
     dataset, collate_fn = pretrain_data(cfg)            # unlabelled batches dict(source, padding_mask?)
     task = probe_data(cfg)                              # the labelled ProbeTask for `evaluate.probe`
 
-| modality | pretraining (default)                       | probe (default)      | other pretraining sets        |
-|----------|---------------------------------------------|----------------------|-------------------------------|
-| speech   | FSDD train split, 16 kHz, crops of cfg.crop | fsdd_digits          | speech_commands, librispeech  |
-| image    | Fashion-MNIST train, cfg.encoder.image_size | fashion_mnist        | cifar10                       |
-| text     | tiny-shakespeare train, blocks of cfg.crop  | sentence_polarity    | wikitext-2, wikitext-103,     |
-|          |                                             |                      | sentence_polarity, subjectivity |
+| modality | pretraining (default)                       | probe (default)   | other pretraining sets           |
+|----------|---------------------------------------------|-------------------|----------------------------------|
+| speech   | FSDD train split, 16 kHz, crops of cfg.crop | fsdd_digits       | speech_commands, librispeech     |
+| image    | Fashion-MNIST train, cfg.encoder.image_size | fashion_mnist     | cifar10                          |
+| text     | tiny-shakespeare train, blocks of cfg.crop  | sentence_polarity | wikitext-2, wikitext-103,        |
+|          |                                             |                   | sentence_polarity, subjectivity  |
 
 Text: an encoder with RoBERTa's 50,265-token table reads GPT-2's BPE; any other `vocab_size` (the tiny
 preset's 2,048) gets a byte-level BPE of exactly that size trained on the pretraining corpus (cached).
@@ -123,8 +123,9 @@ def pretrain_data(cfg: Data2VecConfig, dataset: str | None = None, *, root: str 
               "speech_commands": lambda: data.SpeechCommands("train", root=root, sample_rate=enc.sample_rate),
               "librispeech": lambda: data.LibriSpeech("test-clean" if _mirror_only(root) else "train-clean-100",
                                                       root=root, sample_rate=enc.sample_rate)}[name]()
-        from .modalities.speech import ConvFeatureEncoder
-        min_samples = ConvFeatureEncoder(enc.conv_layers).min_samples()
+        min_samples = 1  # the shortest input that gives one frame (ConvFeatureEncoder.min_samples)
+        for _, k, s in reversed(enc.conv_layers):
+            min_samples = (min_samples - 1) * s + k
         crop = cfg.crop or 15 * enc.sample_rate
         return _limit(ds, limit), SourceOnly(data.AudioCollator(max_samples=crop, min_samples=min_samples))
 
