@@ -71,12 +71,7 @@ def split_forward(model: Data2Vec, source: Tensor, generator: torch.Generator | 
 
 
 def bench_one(cfg: Data2VecConfig, batch: int, device: torch.device, args) -> dict:
-    g = torch.Generator().manual_seed(args.seed)
-    model = Data2Vec(cfg).to(device).train()
-    opt, sched = common.make_optimizer(model)
-    scaler = common.grad_scaler(device, args.precision)
-    source = common.make_batch(cfg, batch, device, seconds=args.seconds, tokens=args.tokens, generator=g)
-    common.reset_peak_memory(device)
+    model, opt, sched, scaler, source, g = common.training_setup(cfg, batch, device, args)
     timer = common.PhaseTimer(device)
     for _ in range(args.warmup + args.repeats):
         timer.new_step()
@@ -110,14 +105,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     h = common.header("one data2vec pretraining step, split into phases", args, device,
                       {"note": "each phase syncs the device at both ends; pct = share of the summed phases"})
     common.print_header(h)
-    rows = []
-    for name in common.split_list(args.presets):
-        for modality in common.split_list(args.modalities, common.MODALITIES):
-            cfg = common.bench_config(modality, name)
-            for b in (int(x) for x in common.split_list(args.batch)):
-                b = b or min(cfg.optim.batch_size // cfg.optim.accum_steps, 16)
-                rows.append(bench_one(cfg, b, device, args))
-                print(f"  done {modality}/{name} batch {b}: {rows[-1]['sum_ms']:.1f} ms", flush=True)
+    rows = common.run_grid(args, device, bench_one, lambda r: f"{r['sum_ms']:.1f} ms")
     key = ["modality", "preset", "batch", "input"]
     print("\nmilliseconds per phase (median over steps)")
     print(common.format_table(rows, key + [f"{k}_ms" for k in PHASES] + ["sum_ms", "unsplit_ms", "peak_mem_MiB"]))

@@ -17,16 +17,10 @@ import torch
 
 import common
 from d2v_mini.config import Data2VecConfig
-from d2v_mini.data2vec import Data2Vec
 
 
 def bench_one(cfg: Data2VecConfig, batch: int, device: torch.device, args) -> dict:
-    g = torch.Generator().manual_seed(args.seed)
-    model = Data2Vec(cfg).to(device).train()
-    opt, sched = common.make_optimizer(model)
-    scaler = common.grad_scaler(device, args.precision)
-    source = common.make_batch(cfg, batch, device, seconds=args.seconds, tokens=args.tokens, generator=g)
-    common.reset_peak_memory(device)
+    model, opt, sched, scaler, source, g = common.training_setup(cfg, batch, device, args)
     losses = []
 
     def step():
@@ -58,12 +52,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = common.setup(args)
     h = common.header("data2vec pretraining throughput (whole steps)", args, device)
     common.print_header(h)
-    rows = []
-    for name in common.split_list(args.presets):
-        for modality in common.split_list(args.modalities, common.MODALITIES):
-            for b in (int(x) for x in common.split_list(args.batch)):
-                rows.append(bench_one(common.bench_config(modality, name), b, device, args))
-                print(f"  done {modality}/{name} batch {b}: {rows[-1]['samples_per_s']:.1f} samples/s", flush=True)
+    rows = common.run_grid(args, device, bench_one, lambda r: f"{r['samples_per_s']:.1f} samples/s")
     print()
     print(common.format_table(rows, COLUMNS))
     common.write_json(args.json, h, rows)

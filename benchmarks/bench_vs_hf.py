@@ -171,12 +171,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       args, device, {"transformers": transformers.__version__, "hf_attn": args.hf_attn,
                                      "ratio": "ours_ms / hf_ms (median over repeats; < 1 = ours faster)"})
     common.print_header(h)
-    rows = []
-    for name in common.split_list(args.presets):
-        for modality in common.split_list(args.modalities, common.MODALITIES):
-            for b in (int(x) for x in common.split_list(args.batch)):
-                rows.append(bench_one(common.bench_config(modality, name), b, device, args))
-                print(f"  done {modality}/{name} batch {b}: ratio {rows[-1]['ratio']:.2f}", flush=True)
+    rows = common.run_grid(args, device, bench_one, lambda r: f"ratio {r['ratio']:.2f}")
     print()
     print(common.format_table(rows, COLUMNS))
     common.write_json(args.json, h, rows)

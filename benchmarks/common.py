@@ -272,3 +272,31 @@ def write_json(path: str, h: dict, rows: list[dict]) -> None:
         with open(path, "w") as f:
             json.dump({"header": h, "rows": rows}, f, indent=1)
         print(f"\nwrote {path}")
+
+
+# ---------------------------------------------------------------------------------- shared runs
+def training_setup(cfg: Data2VecConfig, batch: int, device: torch.device, args: argparse.Namespace):
+    """What a timed training step needs: (model in train mode, optimizer, LR scheduler, grad scaler,
+    a synthetic batch `source`, the seeded generator that made it and then draws the masks), with
+    peak-memory tracking reset."""
+    g = torch.Generator().manual_seed(args.seed)
+    model = Data2Vec(cfg).to(device).train()
+    opt, sched = make_optimizer(model)
+    scaler = grad_scaler(device, args.precision)
+    source = make_batch(cfg, batch, device, seconds=args.seconds, tokens=args.tokens, generator=g)
+    reset_peak_memory(device)
+    return model, opt, sched, scaler, source, g
+
+
+def run_grid(args: argparse.Namespace, device: torch.device, bench_one: Callable, describe: Callable) -> list[dict]:
+    """bench_one(cfg, batch, device, args) for every preset x modality x batch size (batch 0 = the preset's
+    micro-batch, capped at 16); prints `describe(row)` after each."""
+    rows = []
+    for name in split_list(args.presets):
+        for modality in split_list(args.modalities, MODALITIES):
+            cfg = bench_config(modality, name)
+            for b in (int(x) for x in split_list(args.batch)):
+                b = b or min(cfg.optim.batch_size // cfg.optim.accum_steps, 16)
+                rows.append(bench_one(cfg, b, device, args))
+                print(f"  done {modality}/{name} batch {b}: {describe(rows[-1])}", flush=True)
+    return rows

@@ -52,13 +52,15 @@ class EMATeacher(nn.Module):
     def step(self, student: Encoder) -> float:
         """One EMA update from the student (call after `optimizer.step()`). Returns the tau used."""
         tau = self.decay
-        s = dict(student.named_parameters())
-        t = dict(self.model.named_parameters())
-        if self.shared_names:
-            torch._foreach_copy_([t[n] for n in self.shared_names], [s[n].detach().float() for n in self.shared_names])
-        if tau < 1.0 and self.averaged_names:  # tau_e = 1 freezes the teacher
-            torch._foreach_lerp_([t[n] for n in self.averaged_names],
-                                 [s[n].detach().float() for n in self.averaged_names], 1.0 - tau)
+        if getattr(self, "_pairs", None) is None or self._pairs[0] is not student:  # built once per student
+            s, t = dict(student.named_parameters()), dict(self.model.named_parameters())
+            pair = lambda names: ([t[n] for n in names], [s[n] for n in names])  # noqa: E731
+            self._pairs = (student, pair(self.shared_names), pair(self.averaged_names))
+        _, (t_shared, s_shared), (t_avg, s_avg) = self._pairs
+        if t_shared:
+            torch._foreach_copy_(t_shared, s_shared)  # copy_ casts to the teacher's fp32
+        if tau < 1.0 and t_avg:  # tau_e = 1 freezes the teacher
+            torch._foreach_lerp_(t_avg, [p.float() for p in s_avg], 1.0 - tau)
         self._updates += 1
         self.num_updates.fill_(self._updates)
         return tau

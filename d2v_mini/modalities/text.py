@@ -10,7 +10,6 @@ Masking happens on the tokens (BERT's rule replaces, randomises or keeps the sel
 from __future__ import annotations
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 from ..config import TextConfig
