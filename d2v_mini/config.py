@@ -180,6 +180,13 @@ class Data2VecConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     guard: GuardConfig = field(default_factory=GuardConfig)
     crop: int = 0  # speech: samples per crop; text: tokens per block; 0 = modality default
+    # speech pretraining batches (fairseq RawAudioDataset): clips under `min_crop` samples are dropped
+    # (min_sample_size) or, with short_clips="chain", chained with random others up to that length
+    # (data.ChainedClips: for corpora of short words); each batch is then cropped to its shortest clip
+    # (pad=False), or padded to its longest with pad_batches=True (evaluation always pads)
+    min_crop: int = 0
+    short_clips: Literal["drop", "chain"] = "drop"
+    pad_batches: bool = False
     name: str = ""  # preset name, informational
 
     def to_dict(self) -> dict:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from .pipeline import default_dataset
+
 
 @dataclass
 class DemoSpec:
@@ -56,43 +58,79 @@ SPECS = {
 }
 
 
+def tiny_config(spec: DemoSpec, steps: int, overrides: dict | None = None):
+    """The tiny preset of `spec.modality` with its schedules (LR warm-up + cosine, EMA anneal) stretched
+    over `steps`, then `overrides` ({"optim.lr": 1e-3, ...}) applied."""
+    from .config import override
+    from .presets import preset
+
+    cfg = preset(spec.modality, "tiny")
+    o = cfg.optim
+    cfg = override(cfg, **{"optim.total_steps": steps, "optim.warmup_steps": min(o.warmup_steps, max(1, steps // 10)),
+                           "ema.anneal_steps": min(cfg.ema.anneal_steps, steps) if cfg.ema.anneal_steps else 0})
+    return override(cfg, **(overrides or {}))
+
+
+def pretrain_tiny(spec: DemoSpec, run_dir: Path, seed: int = 0, steps_scale: float = 1.0,
+                  overrides: dict | None = None):
+    """Pretrain the tiny setup of `spec` for round(spec.steps * steps_scale) steps into `run_dir`.
+    Returns (TrainResult, info dict(steps, pretrain_seconds, final_loss, target_var, pred_var[, position_r2]))."""
+    from .pipeline import pretrain_data, run_info
+    from .train import TrainOptions, pretrain
+
+    steps = max(1, round(spec.steps * steps_scale))
+    cfg = tiny_config(spec, steps, overrides)
+    name = spec.dataset or default_dataset(spec.modality)
+    dataset, collate_fn = pretrain_data(cfg, name)
+    t0 = time.perf_counter()
+    res = pretrain(cfg, dataset, collate_fn, TrainOptions(steps=steps, out_dir=str(run_dir), log_every=10, seed=seed))
+    info = dict(steps=steps, pretrain_seconds=round(time.perf_counter() - t0, 1))
+    (Path(run_dir) / "pipeline.json").write_text(json.dumps(run_info(cfg, name), indent=1))
+    last = res.history[-1]
+    info.update(final_loss=last["loss"], target_var=last["target_var"], pred_var=last["pred_var"])
+    if spec.modality == "speech":
+        info["position_r2"] = speech_position_r2(res.model)
+    return res, info
+
+
+def speech_position_r2(model, clips: int = 100) -> float:
+    """The share of the teacher's target variance that the frame's relative position alone explains
+    (viz.training.position_r2), on `clips` FSDD test clips: a shortcut detector for speech pretraining."""
+    from .pipeline import probe_data
+    from .viz.training import position_r2, predict
+
+    task = probe_data(model.cfg, "fsdd_digits")
+    step = max(1, len(task.test) // clips)
+    batch = task.collate_fn([task.test[i] for i in range(0, len(task.test), step)][:clips])
+    frames = model.student.feature_encoder.output_length((~batch["padding_mask"]).sum(1))
+    out = predict(model, batch["source"], batch["padding_mask"], seed=1)
+    return position_r2(out.target, out.mask, frames)
+
+
 def run_modality(spec: DemoSpec, out_dir: Path, steps_scale: float = 1.0, seed: int = 0,
                  random_inits: int = 3) -> dict:
     """Pretrain the tiny preset of `spec.modality`, probe it and `random_inits` random-init twins (the
     baseline is their mean accuracy: one random draw varies by several points). Returns the summary row."""
-    from .config import override
     from .evaluate import probe, random_init_encoder
-    from .pipeline import default_dataset, pretrain_data, probe_data, run_info
-    from .presets import preset
-    from .train import TrainOptions, pretrain
+    from .pipeline import probe_data
 
-    steps = max(1, round(spec.steps * steps_scale))
-    cfg = preset(spec.modality, "tiny")
-    # stretch the schedules (LR warm-up + cosine, EMA anneal) over the steps actually run
-    o = cfg.optim
-    cfg = override(cfg, **{"optim.total_steps": steps, "optim.warmup_steps": min(o.warmup_steps, max(1, steps // 10)),
-                           "ema.anneal_steps": min(cfg.ema.anneal_steps, steps) if cfg.ema.anneal_steps else 0})
-    name = spec.dataset or default_dataset(spec.modality)
-    dataset, collate_fn = pretrain_data(cfg, name)
-    run_dir = out_dir / spec.modality
     t0 = time.perf_counter()
-    res = pretrain(cfg, dataset, collate_fn, TrainOptions(steps=steps, out_dir=str(run_dir), log_every=10, seed=seed))
-    train_seconds = time.perf_counter() - t0
-    (run_dir / "pipeline.json").write_text(json.dumps(run_info(cfg, name), indent=1))
-
+    res, info = pretrain_tiny(spec, out_dir / spec.modality, seed, steps_scale)
+    cfg = res.model.cfg
+    name = spec.dataset or default_dataset(spec.modality)
     t1 = time.perf_counter()
     task = probe_data(cfg, spec.task, dataset=name, limit_train=spec.probe_train, limit_test=spec.probe_test)
     pre = probe(res.model.student, task, layer=spec.layer)
     rnd = [probe(random_init_encoder(cfg, seed=seed + 1 + k), task, layer=spec.layer)["accuracy"]
            for k in range(random_inits)]
     rnd_mean = sum(rnd) / len(rnd)
-    last = res.history[-1]
-    return dict(dataset=name, steps=steps, seconds=round(time.perf_counter() - t0, 1),
-                pretrain_seconds=round(train_seconds, 1), probe_seconds=round(time.perf_counter() - t1, 1),
-                final_loss=last["loss"], target_var=last["target_var"], pred_var=last["pred_var"],
+    return dict(dataset=name, steps=info["steps"], seconds=round(time.perf_counter() - t0, 1),
+                pretrain_seconds=info["pretrain_seconds"], probe_seconds=round(time.perf_counter() - t1, 1),
+                final_loss=info["final_loss"], target_var=info["target_var"], pred_var=info["pred_var"],
                 probe_task=task.name, probe_layer=spec.layer, probe_train=pre["num_train"], probe_test=pre["num_test"],
                 probe_accuracy=pre["accuracy"], random_init_probe_accuracy=rnd_mean,
-                random_init_probe_accuracies=rnd, margin=pre["accuracy"] - rnd_mean, history=res.history)
+                random_init_probe_accuracies=rnd, margin=pre["accuracy"] - rnd_mean, history=res.history,
+                **({"position_r2": info["position_r2"]} if "position_r2" in info else {}))
 
 
 def plot_curves(summary: dict, path: Path) -> None:

@@ -28,9 +28,10 @@ from .config import Data2VecConfig
 DATASETS = {
     "speech": ("fsdd", "speech_commands", "librispeech"),
     "image": ("fashion_mnist", "cifar10"),
-    "text": ("tinyshakespeare", "wikitext-2", "wikitext-103", "sentence_polarity", "subjectivity"),
+    "text": ("tinyshakespeare", "wikitext-2", "wikitext-103", "sentence_polarity", "subjectivity", "movie_sentences"),
 }
-SENTENCE_SETS = ("sentence_polarity", "subjectivity")  # the probe tasks' train sentences, labels dropped
+# the probe tasks' train sentences, labels dropped; "movie_sentences" = both tasks' train sentences
+SENTENCE_SETS = ("sentence_polarity", "subjectivity", "movie_sentences")
 DEFAULT_PROBE = {"speech": "fsdd_digits", "image": "fashion_mnist", "text": "sentence_polarity"}
 GPT2_VOCAB = 50_265
 
@@ -106,7 +107,9 @@ def pretrain_data(cfg: Data2VecConfig, dataset: str | None = None, *, root: str 
                   limit: int | None = None) -> tuple[Dataset, Callable]:
     """The unlabelled pretraining set of a config and its collate_fn.
 
-    Batches: speech dict(source=float [B, N], padding_mask=bool [B, N]) with N <= cfg.crop samples;
+    Batches: speech dict(source=float [B, N]) cropped to the batch's shortest clip, N <= cfg.crop samples,
+    clips under cfg.min_crop dropped or chained (cfg.short_clips); with cfg.pad_batches padded to the
+    longest clip instead, plus padding_mask=bool [B, N];
     image dict(source=float [B, C, S, S]) augmented by `pretrain_transform`, S = cfg.encoder.image_size;
     text dict(source=long [B, L], padding_mask=bool [B, L]) of blocks of L = cfg.crop tokens.
     `limit` keeps the first `limit` items (examples, images or blocks)."""
@@ -123,11 +126,11 @@ def pretrain_data(cfg: Data2VecConfig, dataset: str | None = None, *, root: str 
               "speech_commands": lambda: data.SpeechCommands("train", root=root, sample_rate=enc.sample_rate),
               "librispeech": lambda: data.LibriSpeech("test-clean" if _mirror_only(root) else "train-clean-100",
                                                       root=root, sample_rate=enc.sample_rate)}[name]()
-        min_samples = 1  # the shortest input that gives one frame (ConvFeatureEncoder.min_samples)
-        for _, k, s in reversed(enc.conv_layers):
-            min_samples = (min_samples - 1) * s + k
-        crop = cfg.crop or 15 * enc.sample_rate
-        return _limit(ds, limit), SourceOnly(data.AudioCollator(max_samples=crop, min_samples=min_samples))
+        collate = speech_collate(cfg)
+        ds = _limit(ds, limit)
+        if cfg.short_clips == "chain":
+            ds = data.ChainedClips(ds, collate.min_samples)
+        return ds, SourceOnly(collate)
 
     if cfg.modality == "image":
         transform = data.pretrain_transform(enc.image_size, channels=enc.in_chans)
@@ -148,9 +151,31 @@ def pretrain_data(cfg: Data2VecConfig, dataset: str | None = None, *, root: str 
     return _limit(items, limit), SourceOnly(data.TextCollator(tok.pad_id))
 
 
+def speech_collate(cfg: Data2VecConfig, generator=None):
+    """The speech pretraining collate of a config (fairseq RawAudioDataset): clips under
+    max(cfg.min_crop, one frame) samples dropped; each batch cropped to its shortest clip and at most
+    cfg.crop samples (or padded to its longest with cfg.pad_batches)."""
+    from .data import AudioCollator
+
+    enc = cfg.encoder
+    min_samples = 1  # the shortest input that gives one frame (ConvFeatureEncoder.min_samples)
+    for _, k, s in reversed(enc.conv_layers):
+        min_samples = (min_samples - 1) * s + k
+    min_samples = max(min_samples, cfg.min_crop)
+    crop = cfg.crop or 15 * enc.sample_rate
+    if min_samples > crop:
+        raise ValueError(f"cfg.min_crop = {cfg.min_crop} samples is longer than cfg.crop = {crop}")
+    return AudioCollator(max_samples=crop, min_samples=min_samples, pad=cfg.pad_batches, generator=generator)
+
+
 def _train_sentences(task: str, root) -> list[str]:
-    """The sentences of a sentence task's train split (the probe's split), without their labels."""
+    """The sentences of a sentence task's train split (the probe's split), without their labels;
+    "movie_sentences": those of sentence_polarity and of subjectivity, interleaved."""
     from .data.probe import read_sentences, stratified_split
+
+    if task == "movie_sentences":
+        a, b = _train_sentences("sentence_polarity", root), _train_sentences("subjectivity", root)
+        return [s for pair in zip(a, b) for s in pair] + a[len(b):] + b[len(a):]
 
     texts, labels = read_sentences(task, root)
     return [texts[i] for i in stratified_split(labels)[0]]

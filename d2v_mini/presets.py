@@ -34,7 +34,7 @@ def speech_base() -> Data2VecConfig:
                           warmup_steps=12_000, total_steps=400_000, tri_stage_ratios=(0.03, 0.9, 0.07),
                           clip_norm=0.0, batch_size=16),
         guard=GuardConfig(min_target_var=0.1, min_pred_var=0.01, after_steps=5000),
-        crop=320_000,
+        crop=320_000, min_crop=32_000,  # fairseq max/min_sample_size: 2-20 s, batches cropped to their shortest clip
     )
 
 
@@ -48,7 +48,7 @@ def speech_large() -> Data2VecConfig:
 def speech_small() -> Data2VecConfig:
     c = speech_base()
     return replace(c, name="small", encoder=SpeechConfig(dim=512, depth=8, heads=8, ffn_dim=2048, layerdrop=0.0),
-                   targets=replace(c.targets, top_k=6), crop=16_000 * 5,
+                   targets=replace(c.targets, top_k=6), crop=16_000 * 5, short_clips="chain",
                    optim=replace(c.optim, total_steps=50_000, warmup_steps=1500, batch_size=32))
 
 
@@ -57,7 +57,8 @@ def speech_tiny() -> Data2VecConfig:
     conv = ((64, 10, 5),) + ((64, 3, 2),) * 4 + ((64, 2, 2),) * 2  # same 20 ms hop, 64 channels
     enc = SpeechConfig(dim=96, depth=4, heads=4, ffn_dim=192, conv_layers=conv, conv_pos_layers=2,
                        conv_pos_kernel=9, conv_pos_groups=4, dropout=0.0, attn_dropout=0.0, layerdrop=0.0)
-    return replace(c, name="tiny", encoder=enc, targets=replace(c.targets, top_k=3), crop=16_000,
+    return replace(c, name="tiny", encoder=enc, targets=replace(c.targets, top_k=3), crop=32_000, min_crop=32_000,
+                   short_clips="chain",
                    ema=replace(c.ema, decay_start=0.99, decay_end=0.999, anneal_steps=300),
                    # lr 5e-4 (not 2e-3): at 2e-3 the 200-300-step demo run learns features that probe below a
                    # random-init encoder on FSDD digits; at 5e-4 they beat it (d2v_mini/demo.py)

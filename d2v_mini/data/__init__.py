@@ -112,7 +112,7 @@ def download_file(url: str, dest: Path, *, sha256: str | None = None, md5: str |
 
 
 # Public API (imported last: the submodules use the helpers above).
-from .speech import FSDD, AudioCollator, LibriSpeech, SpeechCommands, load_audio, normalize_audio  # noqa: E402
+from .speech import FSDD, AudioCollator, ChainedClips, LibriSpeech, SpeechCommands, load_audio, normalize_audio  # noqa: E402
 from .image import (  # noqa: E402
     CIFAR10, FashionMNIST, ImageFolderDataset, eval_transform, pretrain_transform,
 )
@@ -121,7 +121,7 @@ from .probe import PROBE_TASKS, ProbeTask, probe_task  # noqa: E402
 
 __all__ = [
     "DatasetNotFoundError", "data_root", "cache_dir", "require", "atomic_file", "atomic_dir", "download_file",
-    "load_audio", "normalize_audio", "FSDD", "SpeechCommands", "LibriSpeech", "AudioCollator",
+    "load_audio", "normalize_audio", "FSDD", "SpeechCommands", "LibriSpeech", "AudioCollator", "ChainedClips",
     "pretrain_transform", "eval_transform", "FashionMNIST", "CIFAR10", "ImageFolderDataset",
     "Tokenizer", "read_corpus", "encode_corpus", "TokenBlocks", "text_blocks", "TextCollator",
     "ProbeTask", "probe_task", "PROBE_TASKS",

@@ -204,43 +204,82 @@ class LibriSpeech(Dataset):
 
 
 class AudioCollator:
-    """Batch variable-length waveforms like fairseq's `RawAudioDataset` with padding.
+    """Batch variable-length waveforms like fairseq's `RawAudioDataset`.
 
-    Items longer than `max_samples` are cropped to a window of `max_samples` (random start, drawn
-    from `generator` so that it is reproducible; centred when `random_crop=False`). Items shorter
-    than `min_samples` are dropped (fairseq filters them out of its manifest). The rest are padded
-    with zeros to the longest kept item.
+    Items shorter than `min_samples` are dropped (fairseq filters them out of its manifest:
+    `min_sample_size`, 32,000 samples = 2 s in the speech recipe). Then, with
+      - `pad=False` (fairseq pretraining): every item is cropped to the batch's target length
+        min(shortest item, `max_samples`), a window with a random start (drawn from `generator`;
+        centred when `random_crop=False`). No padding, no `padding_mask`: every frame is real, so
+        `require_same_masks` keeps the recipe's masked share (~49% of the frames, about 0.43 after
+        the same-count cut on 2-20 s clips, against ~0.23 for padded batches of the same clips).
+      - `pad=True` (evaluation, fine-tuning, or as an option): items longer than `max_samples` are
+        cropped to `max_samples`; the rest are padded with zeros to the longest kept item and
+        `padding_mask` marks the padding.
 
-    `__call__(items) -> dict(source=float [B, N], padding_mask=bool [B, N] (True = padding),
-    label=long [B] if the items have a "label")`.
+    `__call__(items) -> dict(source=float [B, N], padding_mask=bool [B, N] (True = padding; pad=True
+    only), label=long [B] if the items have a "label")`.
     """
 
     def __init__(self, max_samples: int, min_samples: int = 0, random_crop: bool = True,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, pad: bool = True):
         self.max_samples, self.min_samples = max_samples, min_samples
-        self.random_crop, self.generator = random_crop, generator
+        self.random_crop, self.generator, self.pad = random_crop, generator, pad
 
-    def crop(self, wav: torch.Tensor) -> torch.Tensor:
-        """`[N] -> [min(N, max_samples)]`."""
-        excess = len(wav) - self.max_samples
+    def crop(self, wav: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """`[N] -> [min(N, size)]` (size: default `max_samples`)."""
+        size = self.max_samples if size is None else size
+        excess = len(wav) - size
         if excess <= 0:
             return wav
         if self.random_crop:
             start = int(torch.randint(0, excess + 1, (), generator=self.generator))
         else:
             start = excess // 2
-        return wav[start:start + self.max_samples]
+        return wav[start:start + size]
 
     def __call__(self, items: list[dict]) -> dict:
         items = [it for it in items if len(it["source"]) >= self.min_samples]
-        waves = [self.crop(it["source"]) for it in items]
-        size = max((len(w) for w in waves), default=0)
+        if self.pad:
+            waves = [self.crop(it["source"]) for it in items]
+            size = max((len(w) for w in waves), default=0)
+        else:
+            size = min([len(it["source"]) for it in items] + [self.max_samples]) if items else 0
+            waves = [self.crop(it["source"], size) for it in items]
         source = torch.zeros(len(waves), size, dtype=torch.float32)
         padding_mask = torch.ones(len(waves), size, dtype=torch.bool)
         for row, wav in enumerate(waves):
             source[row, :len(wav)] = wav
             padding_mask[row, :len(wav)] = False
-        batch = dict(source=source, padding_mask=padding_mask)
+        batch = dict(source=source, padding_mask=padding_mask) if self.pad else dict(source=source)
         if items and "label" in items[0]:
             batch["label"] = torch.tensor([it["label"] for it in items], dtype=torch.long)
         return batch
+
+
+class ChainedClips(Dataset):
+    """Utterances made of short clips played one after another: item i = clip i followed by clips drawn
+    at random from the data set until the utterance holds at least `min_samples` samples (at most
+    `max_clips` clips). Each clip keeps its own normalisation; nothing is inserted between clips (FSDD
+    clips start and end with their own silence).
+
+    Why: speech pretraining expects utterances of 2-20 s (hundreds of frames). Clips of 20-40 frames
+    are shorter than the positional convolution's receptive field, so every frame "sees" both edges of
+    its clip and the relative position becomes an easy target (see notebook 04). Chained clips give
+    the recipe's long utterances from a corpus of short words. The random partners come from the global
+    torch RNG (seeded and checkpointed by the trainer). Item: dict(source=float [N], clips=int).
+    """
+
+    def __init__(self, dataset: Dataset, min_samples: int, max_clips: int = 16):
+        if min_samples < 1 or max_clips < 1:
+            raise ValueError(f"need min_samples >= 1 and max_clips >= 1, got {min_samples} and {max_clips}")
+        self.dataset, self.min_samples, self.max_clips = dataset, min_samples, max_clips
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        parts = [self.dataset[i]["source"]]
+        while sum(len(p) for p in parts) < self.min_samples and len(parts) < self.max_clips:
+            parts.append(self.dataset[int(torch.randint(len(self.dataset), ()))]["source"])
+        return dict(source=torch.cat(parts), clips=len(parts))

@@ -1,0 +1,176 @@
+"""Learning benchmark: does tiny data2vec pretraining give representations that transfer?
+
+Per modality: pretrain the demo's tiny setup (d2v_mini/demo.py SPECS) with several seeds and at 1x, 2x
+and 4x its steps, then linear-probe the student on the task the setup was tuned for AND on other
+labelled tasks of the same modality, against random-init encoders of the same shape and a raw-input
+baseline (d2v_mini/baselines.py). Prints mean +- standard error per cell and writes JSON.
+
+    .venv/bin/python benchmarks/bench_learning.py                                  # everything (~1 h, 2 cores)
+    .venv/bin/python benchmarks/bench_learning.py --modalities speech --seeds 0 --scales 1 --quick
+    .venv/bin/python benchmarks/bench_learning.py --modalities speech --set optim.lr=1e-3 --set masking.prob=0.8
+
+Probe views (the same frozen features serve all views of one data set):
+    speech  fsdd_digits (tuned), fsdd_speakers (other labels of the same clips)
+    image   fashion_mnist (tuned), fashion_mnist with 500 labels (few-label), cifar10 (another image set)
+    text    subjectivity (tuned), sentence_polarity (another sentence task)
+Nothing here asserts on a time or an accuracy: tests/test_benchmarks.py runs --quick as a smoke test.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from d2v_mini import demo  # noqa: E402
+from d2v_mini.baselines import raw_features  # noqa: E402
+from d2v_mini.evaluate import extract_features, linear_probe, random_init_encoder  # noqa: E402
+from d2v_mini.pipeline import probe_data  # noqa: E402
+
+# view name -> (probe task, label key, train items (None = the spec's), test items (None = the spec's))
+VIEWS = {
+    "speech": {"fsdd_digits": ("fsdd_digits", "label", None, None),
+               "fsdd_speakers": ("fsdd_digits", "speaker", None, None)},
+    "image": {"fashion_mnist": ("fashion_mnist", "label", None, None),
+              "fashion_mnist_500": ("fashion_mnist", "label", 500, None),
+              "cifar10": ("cifar10", "label", None, None)},
+    "text": {"subjectivity": ("subjectivity", "label", None, None),
+             "sentence_polarity": ("sentence_polarity", "label", None, None)},
+}
+
+
+def mean_se(xs: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (0 for a single value)."""
+    m = statistics.fmean(xs)
+    return m, (statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0)
+
+
+class Probes:
+    """The labelled data of every view of one modality, built once; `score(encoder)` probes them all."""
+
+    def __init__(self, cfg, spec: demo.DemoSpec, quick: bool = False):
+        self.spec, self.tasks, self.labels = spec, {}, {}
+        n_train, n_test = (300, 100) if quick else (spec.probe_train, spec.probe_test)
+        for view, (task, key, _, _) in VIEWS[cfg.modality].items():
+            if task not in self.tasks:
+                self.tasks[task] = probe_data(cfg, task, dataset=spec.dataset, limit_train=n_train, limit_test=n_test)
+            t = self.tasks[task]
+            self.labels[view] = tuple(torch.tensor([item[key] for item in split]) for split in (t.train, t.test))
+
+    def _views(self, feats: dict) -> dict[str, float]:
+        out = {}
+        for view, (task, _, n_train, n_test) in VIEWS[self.spec.modality].items():
+            (xtr, xte), (ytr, yte) = feats[task], self.labels[view]
+            xtr, ytr, xte, yte = xtr[:n_train], ytr[:n_train], xte[:n_test], yte[:n_test]
+            out[view] = linear_probe(xtr, ytr, xte, yte, num_classes=self.tasks[task].num_classes)["accuracy"]
+        return out
+
+    def score(self, encoder) -> dict[str, float]:
+        feats = {name: tuple(extract_features(encoder, split, t.collate_fn, layer=self.spec.layer)[0]
+                             for split in (t.train, t.test)) for name, t in self.tasks.items()}
+        return self._views(feats)
+
+    def raw(self) -> dict[str, float]:
+        feats = {name: tuple(raw_features(split, t.collate_fn, t.modality, vocab_size=_vocab(t))
+                             for split in (t.train, t.test)) for name, t in self.tasks.items()}
+        return self._views(feats)
+
+
+def _vocab(task) -> int | None:
+    tok = getattr(task.train, "dataset", task.train)
+    ids = getattr(tok, "ids", None)
+    return None if ids is None else int(max(int(x.max()) for x in ids)) + 1
+
+
+def parse_sets(items: list[str]) -> dict:
+    """["optim.lr=1e-3", "masking.prob=0.8"] -> {"optim.lr": 0.001, "masking.prob": 0.8} (Python literals)."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def run(modality: str, seeds: list[int], scales: list[float], random_inits: int, sets: dict, quick: bool,
+        out_dir: Path) -> dict:
+    spec = demo.SPECS[modality]
+    cfg = demo.tiny_config(spec, spec.steps, sets)
+    t0 = time.perf_counter()
+    probes = Probes(cfg, spec, quick)
+    row = {"modality": modality, "spec": {k: v for k, v in vars(spec).items()}, "overrides": sets,
+           "raw": probes.raw(), "random_init": [], "pretrained": {}}
+    for k in range(random_inits):
+        row["random_init"].append(probes.score(random_init_encoder(cfg, seed=1000 + k)))
+    for scale in scales:
+        runs = []
+        for seed in seeds:
+            res, info = demo.pretrain_tiny(spec, out_dir / f"{modality}-x{scale}-s{seed}", seed=seed,
+                                           steps_scale=scale * (0.1 if quick else 1.0), overrides=sets)
+            runs.append(dict(seed=seed, **info, probe=probes.score(res.model.student)))
+            print(f"  {modality} x{scale} seed {seed}: " + ", ".join(f"{v} {a:.3f}" for v, a in runs[-1]["probe"].items())
+                  + f" (loss {info['final_loss']:.3f}" + (f", position R2 {info['position_r2']:.2f}"
+                                                          if "position_r2" in info else "") + ")", flush=True)
+        row["pretrained"][str(scale)] = runs
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| modality | task | raw input | random init | " + " | ".join(
+        f"pretrained x{s}" for s in rows[0]["pretrained"]) + " | margin x1 (SE units) |",
+        "|---|---|---:|---:|" + "---:|" * (len(rows[0]["pretrained"]) + 1)]
+    for r in rows:
+        for view in VIEWS[r["modality"]]:
+            rnd = mean_se([x[view] for x in r["random_init"]]) if r["random_init"] else (float("nan"), 0.0)
+            cells = []
+            for runs in r["pretrained"].values():
+                m, se = mean_se([x["probe"][view] for x in runs])
+                cells.append(f"{m:.3f} ± {se:.3f}")
+            first = list(r["pretrained"].values())[0]
+            m, se = mean_se([x["probe"][view] for x in first])
+            joint = math.sqrt(se ** 2 + rnd[1] ** 2) or float("nan")
+            lines.append(f"| {r['modality']} | {view} | {r['raw'][view]:.3f} | {rnd[0]:.3f} ± {rnd[1]:.3f} | "
+                         + " | ".join(cells) + f" | {m - rnd[0]:+.3f} ({(m - rnd[0]) / joint:+.1f}) |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--modalities", default="speech,image,text")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--scales", default="1,2,4", help="multiples of the demo's steps")
+    p.add_argument("--random-inits", type=int, default=3)
+    p.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (repeatable)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="a smoke run: 10%% of the steps, small probe sets")
+    p.add_argument("--out", default="runs/bench_learning")
+    p.add_argument("--json", default=None, help="write the rows here (default <out>/results.json)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    sets = parse_sets(args.set)
+    rows = []
+    for m in args.modalities.split(","):
+        print(f"== {m} ==", flush=True)
+        rows.append(run(m, [int(s) for s in args.seeds.split(",")], [float(s) for s in args.scales.split(",")],
+                        args.random_inits, sets, args.quick, out))
+    print(table(rows))
+    path = Path(args.json or out / "results.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(torch=torch.__version__, threads=args.threads, rows=rows), indent=1))
+    print(f"-> {path}")
+
+
+if __name__ == "__main__":
+    main()
