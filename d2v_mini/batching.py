@@ -127,8 +127,8 @@ def collate_limits(collate_fn) -> tuple[int, int]:
 def check_token_update(batch_size: int, accum_steps: int, world: int) -> None:
     """With max_tokens > 0 one update is `batch_size` micro-batches: one per rank and accumulation step."""
     if world * accum_steps != batch_size:
-        fix = (f"set accum_steps = {batch_size // world}" if batch_size % world == 0
-               else f"use a number of GPUs that divides {batch_size}")
+        fix = (f"set accum_steps = {batch_size // world} (CLI: --accum-steps {batch_size // world})"
+               if batch_size % world == 0 else f"use a number of GPUs that divides {batch_size}")
         raise ValueError(f"cfg.optim.max_tokens > 0: one update is cfg.optim.batch_size = {batch_size} micro-batches "
                          f"(fairseq: GPUs x update_freq), one per rank and accumulation step, but world size "
                          f"{world} x accum_steps {accum_steps} = {world * accum_steps}: {fix} to get the preset's "

@@ -104,7 +104,7 @@ def test_clear_errors():
         sampler([50_000] * 8, world=2, group=3)
     with pytest.raises(TypeError, match="has no `sizes`"):
         dataset_sizes([{"source": torch.zeros(10)}])
-    with pytest.raises(ValueError, match="set accum_steps = 16 to get the preset's update"):
+    with pytest.raises(ValueError, match=r"set accum_steps = 16 \(CLI: --accum-steps 16\) to get the preset's update"):
         check_token_update(16, 1, 1)
     with pytest.raises(ValueError, match="use a number of GPUs that divides 16"):
         check_token_update(16, 1, 3)
@@ -210,6 +210,21 @@ def test_trainer_explains_a_split_that_misses_the_update(tmp_path):
     with pytest.raises(ValueError, match="fewer than one update"):
         pretrain(speech_cfg(**{"optim.max_tokens": 1_000_000}), Clips(8), Recorder(),
                  TrainOptions(out_dir=str(tmp_path), device="cpu", progress=False, steps=1))
+
+
+def test_cli_pretrains_speech_by_samples_on_fsdd(tmp_path, _one_thread):
+    """The speech tiny preset on 32 FSDD clips, batched by samples from the command line."""
+    from d2v_mini.__main__ import main
+
+    out = tmp_path / "run"
+    main(["pretrain", "--modality", "speech", "--preset", "tiny", "--steps", "2", "--out", str(out), "--limit", "32",
+          "--max-tokens", "48000", "--batch-size", "2", "--accum-steps", "2", "--log-every", "1", "--no-progress"])
+    cfg = json.loads((out / "config.json").read_text())["optim"]
+    assert (cfg["max_tokens"], cfg["batch_size"], cfg["accum_steps"]) == (48_000, 2, 2)
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2] and all(np.isfinite(r["loss"]) for r in lines)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["state"]["sample"] == 4  # 2 steps x 2 batches: the position is counted in batches
 
 
 # ------------------------------------------------------------------------------------ presets
