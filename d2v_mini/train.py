@@ -24,8 +24,9 @@ per-rank shards (distributed.ShardSampler), incomplete batches dropped. With cfg
 (batching.TokenBatchSampler), and one step is batch_size = world x accum_steps such batches. A
 checkpoint (written to a temporary file, then renamed) holds step, epoch, samples (token batching:
 batches) consumed in the epoch, model (student, head, teacher with num_updates), optimizer, LR scheduler,
-GradScaler and every rank's RNG states (torch, CUDA, python, numpy, mask generator): resuming skips the consumed batches and continues exactly
-(bit-exact with num_workers=0; with workers, data-side randomness is only reseeded per epoch).
+GradScaler and every rank's RNG states (torch, CUDA, python, numpy, mask generator): resuming skips
+the consumed batches and continues exactly (bit-exact with num_workers=0; with workers, data-side
+randomness is only reseeded per epoch).
 
 Schedules span cfg.optim.total_steps whatever `steps` is: a run of fewer steps is a prefix of the full
 run, and `resume=True` with a larger `steps` continues it. Only rank 0 writes files and shows tqdm.

@@ -93,8 +93,8 @@ def main(out_dir: str) -> None:
     resumed_dir = os.path.join(out_dir, "resumed")
     first = pretrain(ddp_cfg(), plain, opts=TrainOptions(steps=2, out_dir=resumed_dir, **opts))
     second = pretrain(ddp_cfg(), plain, opts=TrainOptions(steps=5, out_dir=resumed_dir, resume=True, **opts))
-    token = pretrain(token_cfg(), token_data(), opts=TrainOptions(steps=DDP_STEPS, out_dir=os.path.join(out_dir, "token"),
-                                                                  **opts))
+    token = pretrain(token_cfg(), token_data(),  # batching by size (max_tokens): 2 ranks x 1 batch per update
+                     opts=TrainOptions(steps=DDP_STEPS, out_dir=os.path.join(out_dir, "token"), **opts))
     torch.save({"history": res.history, "model": res.model.state_dict(),
                 "straight": [h["loss"] for h in straight.history], "straight_model": straight.model.state_dict(),
                 "resumed": [h["loss"] for h in first.history + second.history],
