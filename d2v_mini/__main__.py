@@ -33,6 +33,10 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     cfg = preset(args.modality, args.preset)
     if args.batch_size:
         cfg = override(cfg, **{"optim.batch_size": args.batch_size})
+    if args.accum_steps:
+        cfg = override(cfg, **{"optim.accum_steps": args.accum_steps})
+    if args.max_tokens is not None:
+        cfg = override(cfg, **{"optim.max_tokens": args.max_tokens})
     dataset_name = args.dataset or default_dataset(args.modality)
     dataset, collate_fn = pretrain_data(cfg, dataset_name, limit=args.limit)
     out = Path(args.out or f"runs/{args.modality}-{args.preset}")
@@ -121,7 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     s.add_argument("--dataset", default=None, help="pretraining data set (see d2v_mini/pipeline.py)")
     s.add_argument("--limit", type=int, default=None, help="use only the first N examples / blocks")
-    s.add_argument("--batch-size", type=int, default=None, help="override cfg.optim.batch_size (global batch)")
+    s.add_argument("--batch-size", type=int, default=None, help="override cfg.optim.batch_size (global batch; "
+                   "with max_tokens > 0: batches per update)")
+    s.add_argument("--accum-steps", type=int, default=None, help="override cfg.optim.accum_steps (micro-batches "
+                   "per GPU and update; speech base on G GPUs: 16 / G)")
+    s.add_argument("--max-tokens", type=int, default=None, help="override cfg.optim.max_tokens (speech: samples "
+                   "per micro-batch; 0 = batch by clip count)")
     s.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     s.add_argument("--compile", action="store_true", help="torch.compile the forward")

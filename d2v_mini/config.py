@@ -156,8 +156,13 @@ class OptimConfig:
     tri_stage_decay: Literal["exponential", "linear"] = "exponential"  # fairseq code vs paper wording
     min_lr_ratio: float = 0.01
     clip_norm: float = 0.0  # 0 = no clipping
+    # the global batch of one step: clips / images / blocks, split into world x accum_steps micro-batches;
+    # with max_tokens > 0 it counts micro-batches instead (fairseq: GPUs x update_freq) = world x accum_steps
     batch_size: int = 8
     accum_steps: int = 1
+    # speech: > 0 batches by total samples (fairseq `max_tokens`, d2v_mini/batching.py): each micro-batch
+    # holds at most max_tokens samples (clips x longest cropped clip); 0 = a fixed number of clips
+    max_tokens: int = 0
 
 
 @dataclass

@@ -5,6 +5,16 @@ BERT 15% 80/10/10 masking, tau_n = 100k, tri-stage schedule).
 
 Sources: ../shared/reference/data2vec-recipes.md sections 3.1 (speech), 3.2 (vision), 3.3 (text).
 
+What one optimizer update holds (`batching.describe_update`, the `update` column of `d2v_mini presets`):
+| speech preset | batching                     | one update                                                     |
+|---------------|------------------------------|----------------------------------------------------------------|
+| base, large   | by samples: max_tokens 3.8M  | 16 batches of <= 3.8M samples = 60.8M samples (63.3 min of     |
+|               | per batch, batch_size 16     | 16 kHz audio): fairseq's 16 GPUs x 1 batch; with G GPUs set    |
+|               | batches per update           | accum_steps = 16 / G (one GPU: 16)                             |
+| small         | by clips: batch_size 32      | 32 clips cropped to <= 5 s: at most 2.56M samples (2.7 min)    |
+| tiny          | by clips: batch_size 16      | 16 clips cropped to <= 1 s: at most 256k samples (0.3 min)     |
+The pretraining collator crops each batch to its shortest clip, so a batch never holds more than its budget.
+
     cfg = preset("speech", "base");  model = Data2Vec(cfg)
 """
 from __future__ import annotations
@@ -29,17 +39,18 @@ def speech_base() -> Data2VecConfig:
         ema=EMAConfig(decay_start=0.999, decay_end=0.9999, anneal_steps=30_000,
                       shared=("front_end", "positional"), teacher_input="student_features"),
         loss=LossConfig(beta=0.0, scale=None, reduction="sum", head_layers=1),
-        # 16 GPUs x 3.8M samples per update; crops of 2-20 s
+        # one update = 16 GPUs x a batch of <= 3.8M samples (max_tokens) = 60.8M samples (63 min of
+        # audio); batch_size counts those batches: with G GPUs, accum_steps = 16 / G. Crops of 2-20 s
         optim=OptimConfig(lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, schedule="tri_stage",
                           warmup_steps=12_000, total_steps=400_000, tri_stage_ratios=(0.03, 0.9, 0.07),
-                          clip_norm=0.0, batch_size=16),
+                          clip_norm=0.0, batch_size=16, max_tokens=3_800_000),
         guard=GuardConfig(min_target_var=0.1, min_pred_var=0.01, after_steps=5000),
         crop=320_000, min_crop=32_000,  # fairseq max/min_sample_size: 2-20 s, batches cropped to their shortest clip
     )
 
 
 def speech_large() -> Data2VecConfig:
-    """Libri-light LL-60K model (no released pretraining config: base recipe at large dims)."""
+    """Libri-light LL-60K model (no released pretraining config: base recipe at large dims, base's update)."""
     c = speech_base()
     return replace(c, name="large", encoder=SpeechConfig(dim=1024, depth=24, heads=16, ffn_dim=4096, layerdrop=0.05),
                    targets=replace(c.targets, top_k=8))
@@ -49,7 +60,8 @@ def speech_small() -> Data2VecConfig:
     c = speech_base()
     return replace(c, name="small", encoder=SpeechConfig(dim=512, depth=8, heads=8, ffn_dim=2048, layerdrop=0.0),
                    targets=replace(c.targets, top_k=6), crop=16_000 * 5, short_clips="chain",
-                   optim=replace(c.optim, total_steps=50_000, warmup_steps=1500, batch_size=32))
+                   # one update: 32 clips of <= 5 s (batched by clip count), at most 2.56M samples
+                   optim=replace(c.optim, total_steps=50_000, warmup_steps=1500, batch_size=32, max_tokens=0))
 
 
 def speech_tiny() -> Data2VecConfig:
@@ -62,8 +74,9 @@ def speech_tiny() -> Data2VecConfig:
                    ema=replace(c.ema, decay_start=0.99, decay_end=0.999, anneal_steps=300),
                    # lr 5e-4 (not 2e-3): at 2e-3 the 200-300-step demo run learns features that probe below a
                    # random-init encoder on FSDD digits; at 5e-4 they beat it (d2v_mini/demo.py)
+                   # one update: 16 clips of <= 1 s (batched by clip count), at most 256k samples
                    optim=replace(c.optim, lr=5e-4, schedule="cosine", warmup_steps=20, total_steps=300,
-                                 weight_decay=0.01, batch_size=16, clip_norm=1.0),
+                                 weight_decay=0.01, batch_size=16, clip_norm=1.0, max_tokens=0),
                    guard=replace(c.guard, after_steps=100))
 
 
@@ -214,6 +227,7 @@ def preset_rows() -> list[dict]:
     """One row per preset: what `python -m d2v_mini presets` prints (and `--json` emits)."""
     import torch
 
+    from .batching import describe_update
     from .encoder import build_encoder
 
     rows = []
@@ -230,13 +244,14 @@ def preset_rows() -> list[dict]:
             rows.append({"modality": modality, "preset": name, "layers": c.encoder.depth, "dim": c.encoder.dim,
                          "heads": c.encoder.heads, "encoder_params": n, "masking": masking, "top_k": c.targets.top_k,
                          "tau": f"{c.ema.decay_start}->{c.ema.decay_end}"
-                                + (f" / {c.ema.anneal_steps}" if c.ema.anneal_steps else "")})
+                                + (f" / {c.ema.anneal_steps}" if c.ema.anneal_steps else ""),
+                         "update": describe_update(c)})
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of `preset_rows()`."""
-    head = ["modality", "preset", "layers", "dim", "heads", "encoder_params", "masking", "top_k", "tau"]
+    head = ["modality", "preset", "layers", "dim", "heads", "encoder_params", "masking", "top_k", "tau", "update"]
     cells = [[f"{r[h] / 1e6:.1f}M" if h == "encoder_params" else str(r[h]) for h in head] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
     line = lambda xs: "  ".join(x.ljust(w) for x, w in zip(xs, widths)).rstrip()  # noqa: E731

@@ -19,11 +19,14 @@ guard, cfg.guard) raises CollapseError, naming the step. A run thus stops at mos
 late (log_every=1 stops at once) and never writes a checkpoint with a bad step in it.
 
 Data: the trainer owns the DataLoader. Every epoch is a permutation seeded by (seed, epoch), cut into
-per-rank shards (distributed.ShardSampler), incomplete batches dropped. A checkpoint (written to a
-temporary file, then renamed) holds step, epoch, samples consumed in the epoch, model (student, head,
-teacher with num_updates), optimizer, LR scheduler, GradScaler and every rank's RNG states (torch,
-CUDA, python, numpy, mask generator): resuming skips the consumed batches and continues exactly
-(bit-exact with num_workers=0; with workers, data-side randomness is only reseeded per epoch).
+per-rank shards (distributed.ShardSampler), incomplete batches dropped. With cfg.optim.max_tokens > 0
+(speech) batches hold at most max_tokens samples instead of a fixed number of clips, fairseq-style
+(batching.TokenBatchSampler), and one step is batch_size = world x accum_steps such batches. A
+checkpoint (written to a temporary file, then renamed) holds step, epoch, samples (token batching:
+batches) consumed in the epoch, model (student, head, teacher with num_updates), optimizer, LR scheduler,
+GradScaler and every rank's RNG states (torch, CUDA, python, numpy, mask generator): resuming skips
+the consumed batches and continues exactly (bit-exact with num_workers=0; with workers, data-side
+randomness is only reseeded per epoch).
 
 Schedules span cfg.optim.total_steps whatever `steps` is: a run of fewer steps is a prefix of the full
 run, and `resume=True` with a larger `steps` continues it. Only rank 0 writes files and shows tqdm.
@@ -45,6 +48,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .batching import TokenBatchSampler, check_token_update, collate_limits, dataset_sizes
 from .config import Data2VecConfig
 from .data2vec import Data2Vec
 from .distributed import DistInfo, ShardSampler, all_reduce_sum, barrier, gather_objects, init_distributed
@@ -111,10 +115,12 @@ def _pretrain(cfg, dataset, collate_fn, opts: TrainOptions, model, info: DistInf
         raise RuntimeError(f"device {dev} requested but CUDA is not available: use device='cpu' or 'auto'")
     if opts.log_every < 1 or opts.ckpt_every < 0:
         raise ValueError(f"need log_every >= 1 and ckpt_every >= 0, got {opts.log_every} and {opts.ckpt_every}")
-    if o.batch_size % (world * o.accum_steps):
+    if o.max_tokens > 0:  # batch_size counts micro-batches of <= max_tokens samples (d2v_mini/batching.py)
+        check_token_update(o.batch_size, o.accum_steps, world)
+    elif o.batch_size % (world * o.accum_steps):
         raise ValueError(f"cfg.optim.batch_size {o.batch_size} (the global batch of one optimizer step) must be "
                          f"divisible by world size {world} x accum_steps {o.accum_steps}")
-    micro = o.batch_size // (world * o.accum_steps)  # per-rank micro-batch
+    micro = 1 if o.max_tokens > 0 else o.batch_size // (world * o.accum_steps)  # per-rank items of the sampler
     total = o.total_steps if opts.steps is None else opts.steps
     precision = resolve_precision(opts.precision, dev)
     out = Path(opts.out_dir)
@@ -166,9 +172,20 @@ def _pretrain(cfg, dataset, collate_fn, opts: TrainOptions, model, info: DistInf
                          enabled=precision != "fp32")
     params = [p for g in optimizer.param_groups for p in g["params"]]
 
-    sampler, loader_gen = ShardSampler(dataset, info, opts.seed), torch.Generator()
-    loader = DataLoader(dataset, batch_size=micro, sampler=sampler, collate_fn=collate_fn, drop_last=True,
-                        num_workers=opts.num_workers, pin_memory=dev.type == "cuda", generator=loader_gen)
+    loader_gen, kw = torch.Generator(), dict(collate_fn=collate_fn, num_workers=opts.num_workers,
+                                             pin_memory=dev.type == "cuda")
+    if o.max_tokens > 0:  # the sampler's items are whole batches: state["sample"] counts batches
+        min_size, max_size = collate_limits(collate_fn)
+        sampler = TokenBatchSampler(dataset_sizes(dataset), o.max_tokens, max_size=max_size, min_size=min_size,
+                                    info=info, group=o.batch_size, seed=opts.seed)
+        loader = DataLoader(dataset, batch_sampler=sampler, generator=loader_gen, **kw)
+        if len(loader) == 0:
+            raise ValueError(f"the data set's {len(sampler.keep)} clips of >= {min_size} samples make fewer than "
+                             f"one update of {o.batch_size} batches of <= {o.max_tokens} samples: use more data, a "
+                             f"smaller cfg.optim.max_tokens or batch_size")
+    else:
+        sampler = ShardSampler(dataset, info, opts.seed)
+        loader = DataLoader(dataset, batch_size=micro, sampler=sampler, drop_last=True, generator=loader_gen, **kw)
     if len(loader) == 0:
         raise ValueError(f"the data set has {len(dataset)} items: too few for one micro-batch of {micro} per rank "
                          f"({world} ranks); use more data or a smaller cfg.optim.batch_size")

@@ -60,6 +60,24 @@ def layerdrop_cfg() -> Data2VecConfig:
     return tiny_cfg(**{"encoder.layerdrop": 0.3, "encoder.depth": 4})
 
 
+class SizedItems(list):
+    """A list of items with per-item `sizes`, for batching by total size (cfg.optim.max_tokens)."""
+
+    def __init__(self, items: list[dict], sizes: list[int]):
+        super().__init__(items)
+        self.sizes = sizes
+
+
+def token_data() -> SizedItems:
+    """synthetic_images(masks=True) with sizes 1..4: budget 8 gives batches of 2 to 8 images."""
+    return SizedItems(synthetic_images(masks=True), [1 + (7 * i) % 4 for i in range(40)])
+
+
+def token_cfg(accum_steps: int = 1) -> Data2VecConfig:
+    """Batches of <= 8 size units, 2 per update: 2 ranks x 1, or 1 process x accum_steps 2."""
+    return tiny_cfg(**{"optim.max_tokens": 8, "optim.batch_size": 2, "optim.accum_steps": accum_steps})
+
+
 def main(out_dir: str) -> None:
     rank = int(os.environ["RANK"])
     data = synthetic_images(masks=True)
@@ -75,12 +93,16 @@ def main(out_dir: str) -> None:
     resumed_dir = os.path.join(out_dir, "resumed")
     first = pretrain(ddp_cfg(), plain, opts=TrainOptions(steps=2, out_dir=resumed_dir, **opts))
     second = pretrain(ddp_cfg(), plain, opts=TrainOptions(steps=5, out_dir=resumed_dir, resume=True, **opts))
+    token = pretrain(token_cfg(), token_data(),  # batching by size (max_tokens): 2 ranks x 1 batch per update
+                     opts=TrainOptions(steps=DDP_STEPS, out_dir=os.path.join(out_dir, "token"), **opts))
     torch.save({"history": res.history, "model": res.model.state_dict(),
                 "straight": [h["loss"] for h in straight.history], "straight_model": straight.model.state_dict(),
                 "resumed": [h["loss"] for h in first.history + second.history],
                 "resumed_model": second.model.state_dict(),
                 "layerdrop_teacher": drop.model.teacher.state_dict(),
-                "layerdrop_student": drop.model.student.state_dict()}, os.path.join(out_dir, f"rank{rank}.pt"))
+                "layerdrop_student": drop.model.student.state_dict(),
+                "token_history": token.history, "token_model": token.model.state_dict()},
+               os.path.join(out_dir, f"rank{rank}.pt"))
 
 
 if __name__ == "__main__":

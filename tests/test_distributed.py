@@ -16,7 +16,7 @@ import torch
 from d2v_mini.data2vec import Data2Vec
 from d2v_mini.distributed import DistInfo, ShardSampler, init_distributed
 from d2v_mini.train import TrainOptions, pretrain
-from tests.ddp_worker import DDP_STEPS, ddp_cfg, layerdrop_cfg, synthetic_images, tiny_cfg
+from tests.ddp_worker import DDP_STEPS, ddp_cfg, layerdrop_cfg, synthetic_images, tiny_cfg, token_cfg, token_data
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 TIMEOUT = 240
@@ -67,6 +67,21 @@ def test_two_processes_equal_one_process_on_the_same_global_batch(ddp_run, tmp_p
     assert int(r0["model"]["teacher.num_updates"]) == DDP_STEPS
     lines = (out / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == DDP_STEPS  # written by rank 0 only
+
+
+def test_token_batches_on_two_ranks_equal_one_process_with_accumulation(ddp_run, tmp_path):
+    """cfg.optim.max_tokens: 2 ranks x 1 batch per update == 1 process x 2 accumulated batches, with
+    batches of 2 to 8 images (sizes 1-4, budget 8), so the ranks' batches differ in size and masked count."""
+    _, (r0, r1) = ddp_run
+    single = pretrain(token_cfg(accum_steps=2), token_data(),
+                      opts=TrainOptions(steps=DDP_STEPS, out_dir=str(tmp_path), device="cpu", log_every=1,
+                                        progress=False))
+    losses = [h["loss"] for h in r0["token_history"]]
+    assert len(set(losses)) == DDP_STEPS
+    torch.testing.assert_close(losses, [h["loss"] for h in single.history], rtol=1e-5, atol=0)
+    assert [h["loss"] for h in r1["token_history"]] == losses
+    for k, v in single.model.state_dict().items():
+        torch.testing.assert_close(r0["token_model"][k], v, rtol=0, atol=1e-5, msg=k)
 
 
 def test_ema_teacher_identical_on_every_rank(ddp_run):

@@ -38,6 +38,15 @@ def load_audio(path: str | Path | BinaryIO, sample_rate: int | None = 16_000) ->
     return wav
 
 
+def audio_size(path: str | Path | BinaryIO, sample_rate: int | None = 16_000) -> int:
+    """Samples `load_audio(path, sample_rate)` returns, from the file header (nothing decoded):
+    ceil(frames x sample_rate / file rate), the length torchaudio's resampling gives."""
+    info = sf.info(path)
+    if sample_rate is None or info.samplerate == sample_rate:
+        return int(info.frames)
+    return -(-info.frames * sample_rate // info.samplerate)
+
+
 def normalize_audio(wav: torch.Tensor) -> torch.Tensor:
     """Zero mean, unit variance over the last axis: `[..., N] -> [..., N]` (fairseq: layer_norm of the wave)."""
     return F.layer_norm(wav, wav.shape[-1:])
@@ -52,6 +61,13 @@ class _AudioFiles(Dataset):
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def sizes(self) -> list[int]:
+        """Samples of every item at `sample_rate`, read from the file headers once: [N] ints."""
+        if getattr(self, "_sizes", None) is None:
+            self._sizes = [audio_size(p, self.sample_rate) for p in self.paths]
+        return self._sizes
 
     def wave(self, i: int) -> torch.Tensor:
         """The waveform of item `i`: float `[N]`."""
@@ -181,6 +197,18 @@ class LibriSpeech(Dataset):
 
     def __len__(self) -> int:
         return len(self._hf) if self._hf is not None else len(self.items)
+
+    @property
+    def sizes(self) -> list[int]:
+        """Samples of every item at `sample_rate`, from the file headers (read once): [N] ints."""
+        if getattr(self, "_sizes", None) is None:
+            if self._hf is not None:
+                audio = (row["audio"] for row in self._hf)  # row by row: the column holds the audio bytes
+                self._sizes = [audio_size(io.BytesIO(a["bytes"]) if a.get("bytes") else a["path"], self.sample_rate)
+                               for a in audio]
+            else:
+                self._sizes = [audio_size(path, self.sample_rate) for path, _ in self.items]
+        return self._sizes
 
     def __getitem__(self, i: int) -> dict:
         if self._hf is not None:
