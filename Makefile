@@ -48,10 +48,11 @@ lab: setup
 	$(PY) -m jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 # A fork: `make repoint REPO=https://github.com/you/d2v_mini` writes REPO into pyproject.toml ([project.urls])
-# and regenerates the notebooks' Colab install line and every Colab badge from it (d2v_mini/links.py).
+# and regenerates the notebooks' Colab install line and every Colab badge from it (d2v_mini/links.py: standard
+# library only, so any python3 runs it).
 repoint:
 	@test -n "$(REPO)" || { echo "usage: make repoint REPO=https://github.com/OWNER/NAME"; exit 2; }
-	$(or $(wildcard $(PY)),$(PYTHON)) -m d2v_mini.links --repoint "$(REPO)"
+	$(PYTHON) d2v_mini/links.py --repoint "$(REPO)"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -3,8 +3,10 @@
 The notebooks' Colab install line (in their setup cell) and every "Open in Colab" badge (README and
 notebooks) are generated from that URL:
 
-    python -m d2v_mini.links --check          # list every place that disagrees with pyproject.toml (exit 1 if any)
-    python -m d2v_mini.links --repoint URL    # a fork: write URL into pyproject.toml, regenerate all (make repoint)
+    python d2v_mini/links.py --check          # list every place that disagrees with pyproject.toml (exit 1 if any)
+    python d2v_mini/links.py --repoint URL    # a fork: write URL into pyproject.toml, regenerate all (make repoint)
+
+Standard library only, so it also runs as a plain script, without the package's dependencies.
 
 Installed from a wheel (Colab), `repository_url()` reads the same URL from the package metadata.
 """
@@ -145,7 +147,7 @@ def repoint(url: str, root: Path = ROOT) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m d2v_mini.links", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="d2v_mini/links.py", description=__doc__.splitlines()[0])
     p.add_argument("--check", action="store_true", help="list what disagrees with pyproject.toml; exit 1 if any")
     p.add_argument("--repoint", metavar="URL", help="make URL the repository and regenerate badges / install lines")
     args = p.parse_args(argv)

@@ -71,14 +71,14 @@ def repo_url() -> str:
     return repository_url()
 
 
-def colab_prepare(data_dir: str = COLAB_DATA, install: bool = True) -> list[str]:
-    """Colab: pip-install the missing `COLAB_PACKAGES`, make `data_dir` the data root (unless D2V_DATA is
-    set) and allow downloads (unless D2V_DOWNLOAD is set). Returns the requirements it installed."""
+def colab_prepare(data_dir: str | None = None, install: bool = True) -> list[str]:
+    """Colab: pip-install the missing `COLAB_PACKAGES`, make `data_dir` (default `COLAB_DATA`) the data root
+    (unless D2V_DATA is set) and allow downloads (unless D2V_DOWNLOAD is set). Returns what it installed."""
     missing = [req for module, req in COLAB_PACKAGES.items() if importlib.util.find_spec(module) is None]
     if missing and install:
         print(f"installing {' '.join(missing)}")
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
-    os.environ.setdefault("D2V_DATA", data_dir)
+    os.environ.setdefault("D2V_DATA", data_dir or COLAB_DATA)
     os.environ.setdefault("D2V_DOWNLOAD", "always")
     Path(os.environ["D2V_DATA"]).mkdir(parents=True, exist_ok=True)
     return missing
