@@ -11,7 +11,7 @@ the mirror URL, checked against the mirror's SHA256SUMS), else with its `fetch` 
 | speech_commands                           | the v0.01 tarball, sha256                        | 1.4 GB      |
 | librispeech/LibriSpeech/<split>           | mirror only (without one: `datasets`, openslr/librispeech_asr, in its cache) | |
 | fashion_mnist/<file>.gz                   | Zalando's server, md5                            | 30 MB (4)   |
-| cifar10/cifar10_jpg.tar.gz                | mirror; originally the python pickles -> cifar10/cifar-10-batches-py, md5 | 20 / 178 MB |
+| cifar10/cifar10_jpg.tar.gz                | mirror; originally the python pickles -> cifar10/cifar-10-batches-py, md5 | 20 / 186 MB |
 | text/tinyshakespeare/input.txt            | karpathy/char-rnn, sha256                        | 1.1 MB      |
 | text/wikitext-{2,103}/<split>.txt         | `datasets`: Salesforce/wikitext                  | 2.4 / 540 MB |
 | text/sentence_polarity, text/subjectivity | Cornell's tarballs (Pang & Lee), line counts     | 1.3 MB each |
