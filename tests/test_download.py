@@ -239,3 +239,66 @@ def test_mirror_manifest_is_read_once_per_url(mirror, monkeypatch):
     download_module.mirror_manifest(url)  # cached by the first test (or now)
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("SHA256SUMS fetched again"))
     assert download_module.mirror_manifest(url) == manifest()
+
+
+# ----------------------------------------------------------------- original hosts, from local archives
+def _tar(path: Path, members: dict[str, Path | bytes]) -> Path:
+    """A gzipped tar at `path` with `members` {name in the archive: file or bytes}."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        for name, src in members.items():
+            data = src if isinstance(src, bytes) else src.read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_original_host_archives_are_cut_and_checked(tmp_path, monkeypatch):
+    """The no-mirror fetchers of FSDD, the Speech Commands subset and the Cornell sentences, on local
+    archives laid out like the originals (file:// URLs): what is kept, and what is refused."""
+    from d2v_mini.data import sources
+
+    root = fresh_env(monkeypatch, tmp_path / "fresh", None)
+    wavs = sorted((MIRROR / "fsdd/recordings").glob("*.wav"))
+    fsdd = _tar(tmp_path / "fsdd.tar.gz", {f"fsdd-master/recordings/{p.name}": p for p in wavs}
+                | {"fsdd-master/README.md": b"readme"})
+    monkeypatch.setattr(FSDD, "URL", fsdd.as_uri())
+    assert len(FSDD("all")) == 3000 and set(files_under(root)) == {f"fsdd/recordings/{p.name}" for p in wavs}
+
+    mini = MIRROR / "speech_commands_mini"
+    clips = {f"./{p.parent.name}/{p.name}": p for p in sorted(mini.glob("*/*.wav"))}
+    extra = {"./bed/ffffffff_nohash_0.wav": clips["./bed/" + sorted(mini.glob("bed/*.wav"))[0].name],
+             "./_background_noise_/noise.wav": b"noise", "./README.md": b"readme"}
+    lists = {f"./{n}": mini / n for n in ("testing_list.txt", "validation_list.txt", "LICENSE")}
+    archive = _tar(tmp_path / "sc.tar.gz", clips | extra | lists)
+    monkeypatch.setattr(SpeechCommands, "URL", archive.as_uri())
+    monkeypatch.setattr(SpeechCommands, "SHA256", "0" * 64)
+    with pytest.raises(DownloadError, match="Speech Commands .*checksum mismatch"):
+        SpeechCommands("train")
+    assert not (root / "speech_commands_mini").exists()
+    monkeypatch.setattr(SpeechCommands, "SHA256", hashlib.sha256(archive.read_bytes()).hexdigest())
+    assert len(SpeechCommands("test")) + len(SpeechCommands("validation")) + len(SpeechCommands("train")) == 300
+    kept = {n.removeprefix("speech_commands_mini/") for n in files_under(root) if n.startswith("speech_commands_mini/")}
+    assert kept == {n.removeprefix("./") for n in clips | lists}  # the manifest's 300 clips, no extra file
+
+    cornell = tmp_path / "cornell"
+    cornell.mkdir()
+    pol = MIRROR / "text/sentence_polarity"
+    _tar(cornell / "rt-polaritydata.tar.gz", {
+        "rt-polaritydata/rt-polarity.pos": (pol / "rt-polarity.pos").read_text().encode("latin-1", "replace"),
+        "rt-polaritydata/rt-polarity.neg": (pol / "rt-polarity.neg").read_text().encode("latin-1", "replace"),
+        "rt-polaritydata.README.1.0.txt": b"readme"})
+    sub = MIRROR / "text/subjectivity"
+    _tar(cornell / "rotten_imdb.tar.gz", {"quote.tok.gt9.5000": b"only one line\n",
+                                          "plot.tok.gt9.5000": sub / "plot.tok.gt9.5000", "subjdata.README.1.0": b"r"})
+    monkeypatch.setattr(sources, "CORNELL", cornell.as_uri() + "/")
+    texts, labels = read_sentences("sentence_polarity")
+    assert len(texts) == 10_662 and sum(labels) == 5331  # the Latin-1 originals are read too
+    assert sorted(p.name for p in (root / "text/sentence_polarity").iterdir()) == [
+        "README.txt", "rt-polarity.neg", "rt-polarity.pos"]
+    with pytest.raises(DownloadError, match="quote.tok.gt9.5000 has 1 sentences, expected 5000"):
+        read_sentences("subjectivity")
+    assert not (root / "text/subjectivity").exists()

@@ -235,9 +235,9 @@ class CIFAR10(_LabelledImages):
     `PackedJPEGs`, which caches it under `<cache>/cifar10/` (the data root stays untouched). Without that
     archive it reads the original python pickles in `cifar10/cifar-10-batches-py/` with torchvision's
     `CIFAR10`; the class order is the same. A missing set is downloaded (unless D2V_DOWNLOAD=never /
-    download=False): the archive from D2V_MIRROR_URL when set, else the original pickles. Item: dict(source=transform(RGB
-    PIL image) (default: float [3, 32, 32] in [0, 1]), label=int); `limit=N`: a deterministic
-    class-balanced subset (the first N / C images of each class).
+    download=False): the archive from D2V_MIRROR_URL when set, else the original pickles.
+    Item: dict(source=transform(RGB PIL image) (default: float [3, 32, 32] in [0, 1]), label=int);
+    `limit=N`: a deterministic class-balanced subset (the first N / C images of each class).
     """
 
     def __init__(self, split: str = "train", root: str | Path | None = None, transform: Callable | None = None,

@@ -121,7 +121,8 @@ def _limit(dataset: Dataset, n: int | None, seed: int = 0) -> Dataset:
 
 def probe_task(name: str, *, root: str | Path | None = None, limit_train: int | None = None,
                limit_test: int | None = None, image_size: int | None = None, channels: int | None = None,
-               tokenizer: Tokenizer | None = None, max_tokens: int | None = None, download: bool | None = None) -> ProbeTask:
+               tokenizer: Tokenizer | None = None, max_tokens: int | None = None,
+               download: bool | None = None) -> ProbeTask:
     """Build the labelled probe task `name` (one of `PROBE_TASKS`); see the module docstring."""
     if name in ("fsdd_digits", "fsdd_speakers"):
         train, test = (FSDD(split, root=root, download=download) for split in ("train", "test"))

@@ -4,18 +4,19 @@
 the mirror URL, checked against the mirror's SHA256SUMS), else with its `fetch` from the original host.
 `check` (if any) runs on a complete download from either source before it is kept.
 
-| key (path under the data root)            | original host                                   | size on disk |
-|-------------------------------------------|-------------------------------------------------|--------------|
-| fsdd/recordings                           | GitHub archive of Jakobovski/free-spoken-digit-dataset, content hash | 21 MB |
-| speech_commands_mini                      | its 300 clips cut from the v0.01 tarball (1.4 GB, streamed) | 10 MB |
-| speech_commands                           | the v0.01 tarball, sha256                        | 1.4 GB      |
-| librispeech/LibriSpeech/<split>           | mirror only (without one: `datasets`, openslr/librispeech_asr, in its cache) | |
-| fashion_mnist/<file>.gz                   | Zalando's server, md5                            | 30 MB (4)   |
-| cifar10/cifar10_jpg.tar.gz                | mirror; originally the python pickles -> cifar10/cifar-10-batches-py, md5 | 20 / 186 MB |
-| text/tinyshakespeare/input.txt            | karpathy/char-rnn, sha256                        | 1.1 MB      |
-| text/wikitext-{2,103}/<split>.txt         | `datasets`: Salesforce/wikitext                  | 2.4 / 540 MB |
-| text/sentence_polarity, text/subjectivity | Cornell's tarballs (Pang & Lee), line counts     | 1.3 MB each |
-| tokenizers/gpt2                           | Hugging Face openai-community/gpt2 vocab.json + merges.txt, 50,257 tokens | 1.5 MB |
+| key (path under the data root)    | original host (check)                                                 | on disk |
+|-----------------------------------|-----------------------------------------------------------------------|---------|
+| fsdd/recordings                   | GitHub archive of Jakobovski/free-spoken-digit-dataset (content hash) | 21 MB   |
+| speech_commands_mini              | 300 clips cut out of the streamed v0.01 tarball, 1.4 GB (its sha256)  | 10 MB   |
+| speech_commands                   | the v0.01 tarball (sha256)                                            | 1.4 GB  |
+| librispeech/LibriSpeech/<split>   | mirror only (without one the loader reads openslr/librispeech_asr)    |         |
+| fashion_mnist/<file>.gz           | Zalando's server (md5)                                                | 31 MB   |
+| cifar10/cifar10_jpg.tar.gz        | mirror; else the python pickles -> cifar10/cifar-10-batches-py (md5)  | 186 MB  |
+| text/tinyshakespeare/input.txt    | karpathy/char-rnn (sha256)                                            | 1.1 MB  |
+| text/wikitext-{2,103}/<split>.txt | `datasets`: Salesforce/wikitext                                       | 540 MB  |
+| text/sentence_polarity            | Cornell's rt-polaritydata.tar.gz (sentence counts)                    | 1.3 MB  |
+| text/subjectivity                 | Cornell's rotten_imdb.tar.gz (sentence counts)                        | 1.3 MB  |
+| tokenizers/gpt2                   | Hugging Face openai-community/gpt2 vocab.json, merges.txt (50,257)    | 1.5 MB  |
 """
 from __future__ import annotations
 
