@@ -128,3 +128,15 @@ def test_released_encoder_loads_a_local_directory_and_is_none_offline(tmp_path, 
     assert "facebook/data2vec-audio-base" in lines[1] and "offline" in lines[1]
     with pytest.raises(ValueError, match="unknown modality"):
         notebook.released_encoder("video")
+
+
+def test_setup_elsewhere_uses_the_checkouts_data_folder(monkeypatch, capsys):
+    monkeypatch.delenv("D2V_DATA", raising=False)
+    monkeypatch.setenv("D2V_DOWNLOAD", "never")
+    threads = torch.get_num_threads()
+    try:
+        notebook.setup()
+    finally:
+        torch.set_num_threads(threads)
+    assert os.environ["D2V_DATA"] == str(REPO / "data")  # not ./data of wherever Jupyter runs (notebooks/)
+    assert "are not downloaded (D2V_DOWNLOAD=never)" in capsys.readouterr().out
