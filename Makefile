@@ -10,7 +10,7 @@ export TQDM_MININTERVAL ?= 5
 # idle OpenMP threads sleep instead of spinning (spinning starves the other process on a shared 2-core box)
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test test-lib test-notebooks notebooks lab presets clean
+.PHONY: setup demo test test-lib test-notebooks notebooks lab presets repoint clean
 
 $(VENV)/.installed: requirements-lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,16 @@ notebooks: setup
 	  --ExecutePreprocessor.timeout=900 notebooks/[0-9]*.ipynb
 	$(PY) -m nbstripout --keep-output --keep-count notebooks/[0-9]*.ipynb
 
+# Jupyter refuses to run as root (a common Docker setup) unless told to.
 lab: setup
-	$(PY) -m jupyter lab notebooks/
+	$(PY) -m jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
+
+# A fork: `make repoint REPO=https://github.com/you/d2v_mini` writes REPO into pyproject.toml ([project.urls])
+# and regenerates the notebooks' Colab install line and every Colab badge from it (d2v_mini/links.py: standard
+# library only, so any python3 runs it).
+repoint:
+	@test -n "$(REPO)" || { echo "usage: make repoint REPO=https://github.com/OWNER/NAME"; exit 2; }
+	$(PYTHON) d2v_mini/links.py --repoint "$(REPO)"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -6,7 +6,9 @@
     python -m d2v_mini probe --checkpoint DIR/checkpoint.pt [--task NAME] [--layer last|mean|INT]
     python -m d2v_mini demo [--out runs/demo] [--steps-scale F]  # tiny pretraining + probes, all modalities
 
-Data sets are read from $D2V_DATA (see d2v_mini/data/__init__.py).
+Data sets are read from $D2V_DATA (default ./data) and downloaded there when missing: from $D2V_MIRROR_URL
+if set, else from their original hosts; `--no-download` (or D2V_DOWNLOAD=never) forbids it. A data set that
+is missing and cannot be had ends the command with a one-line message (exit status 1), not a traceback.
 """
 from __future__ import annotations
 
@@ -109,6 +111,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
              threads=args.threads, random_inits=args.random_inits)
 
 
+def _download_flag(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--no-download", action="store_true",
+                   help="never download a missing data set (the same as D2V_DOWNLOAD=never)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m d2v_mini", description="data2vec, small and readable")
     sub = p.add_subparsers(dest="command", required=True)
@@ -139,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-every", type=int, default=10)
     s.add_argument("--ckpt-every", type=int, default=0, help="0 = only at the end")
     s.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    _download_flag(s)
     s.set_defaults(func=cmd_pretrain)
 
     s = sub.add_parser("probe", help="linear probe of a checkpoint's encoder vs a random-init encoder")
@@ -153,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-baseline", action="store_true", help="skip the random-init encoder")
     s.add_argument("--seed", type=int, default=0, help="seed of the random-init encoder")
     s.add_argument("--json", action="store_true")
+    _download_flag(s)
     s.set_defaults(func=cmd_probe)
 
     s = sub.add_parser("demo", help="tiny pretraining of each modality, probed against random init")
@@ -163,13 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="pretraining seed (the random-init baseline uses seed + 1)")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1, or $OMP_NUM_THREADS)")
     s.add_argument("--random-inits", type=int, default=3, help="random-init encoders averaged for the baseline")
+    _download_flag(s)
     s.set_defaults(func=cmd_demo)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    args.func(args)
+    if getattr(args, "no_download", False):
+        os.environ["D2V_DOWNLOAD"] = "never"
+    try:
+        args.func(args)
+    except FileNotFoundError as e:  # a missing data set: its one-line message, no traceback
+        from .data import DatasetNotFoundError
+        if not isinstance(e, DatasetNotFoundError):
+            raise
+        raise SystemExit(f"d2v_mini: {e}") from None
 
 
 if __name__ == "__main__":

@@ -17,6 +17,10 @@ def pytest_configure(config):
     # CI sets D2V_DATA to the shared mirror; a developer checkout next to ../shared gets it too.
     if "D2V_DATA" not in os.environ and MIRROR.exists():
         os.environ["D2V_DATA"] = str(MIRROR)
+    # A test never reaches the internet: a missing data set fails at once, unless a mirror URL is given
+    # (then the tests download what they need from it). tests/test_download.py sets both explicitly.
+    if "D2V_DOWNLOAD" not in os.environ and "D2V_MIRROR_URL" not in os.environ:
+        os.environ["D2V_DOWNLOAD"] = "never"
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

@@ -243,7 +243,7 @@ def test_missing_dataset_error_says_where_and_how(tmp_path, monkeypatch):
     monkeypatch.setenv("D2V_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(DatasetNotFoundError, match="Fashion-MNIST.*nowhere"):
         FashionMNIST("test")
-    with pytest.raises(DatasetNotFoundError, match="download=True"):
+    with pytest.raises(DatasetNotFoundError, match="GPT-2 BPE tokenizer.*D2V_DOWNLOAD=never.*set D2V_DATA"):
         Tokenizer.gpt2()
 
 

@@ -4,14 +4,15 @@ Two folders matter:
 
 - the **data root** `data_root()`: env `D2V_DATA`, default `./data`. Its layout is exactly the offline
   mirror's (`fsdd/recordings/`, `fashion_mnist/*.gz`, `text/wikitext-2/valid.txt`, ...), so CI simply
-  points `D2V_DATA` at the shared mirror. It may be read-only: loaders only read it, except when
-  called with `download=True`, which puts the originals there.
+  points `D2V_DATA` at the shared mirror. Loaders only read it, except to download a missing data set
+  into it; with every data set present it may be read-only.
 - the **cache** `cache_dir()`: env `D2V_CACHE`, default `~/.cache/d2v_mini`. Everything derived
   (gunzipped IDX files, unpacked CIFAR JPEGs, trained tokenizers, token ids) goes there, written
   atomically (temp file or folder, then rename), so a crash never leaves half a cache behind.
 
-A missing data set raises `DatasetNotFoundError`, which says what was looked for, where, and how to
-get it.
+A missing data set is downloaded into the data root (`download.py`: on by default, `D2V_DOWNLOAD=never`
+turns it off, `D2V_MIRROR_URL` fetches from a mirror of the data root). When it cannot be had, the loader
+raises `DatasetNotFoundError` in one line: which data set, the data root, why, and the two ways to get it.
 """
 from __future__ import annotations
 
@@ -41,18 +42,22 @@ def cache_dir() -> Path:
     return path
 
 
+def missing_message(title: str, path: Path, reason: str, root: Path | None = None) -> str:
+    """One line: data set `title` is not at `path` under the data root, `reason`, and the two ways to get it."""
+    env = os.environ.get("D2V_DATA")
+    root = Path(root) if root is not None else data_root()
+    where = f"D2V_DATA={env}" if env else "D2V_DATA is unset, so ./data"
+    return (f"{title} is not in the data root {root.resolve()} ({where}; looked for {Path(path).resolve()}) and "
+            f"{reason}. Two ways to get it: let d2v_mini download it (on by default, off with D2V_DOWNLOAD=never or "
+            f"--no-download; needs internet, or D2V_MIRROR_URL=<url> of a mirror of the data root), or set D2V_DATA "
+            f"to a folder that already holds it in the layout of data/README.md (e.g. an offline data mirror).")
+
+
 def require(path: Path, name: str, how: str = "") -> Path:
     """Return `path` if it exists, else raise `DatasetNotFoundError` naming `name`, `path` and a fix."""
     if path.exists():
         return path
-    env = os.environ.get("D2V_DATA")
-    where = f"D2V_DATA={env}" if env else "D2V_DATA is unset, so the data root is ./data"
-    raise DatasetNotFoundError(
-        f"{name} not found: looked for {path.resolve()} ({where}).\n"
-        f"Set D2V_DATA to a folder with the data mirror's layout (e.g. the shared mirror, "
-        f"D2V_DATA=../shared/data; see data/README.md), or pass download=True on a machine with "
-        f"internet access." + (f"\n{how}" if how else "")
-    )
+    raise DatasetNotFoundError(missing_message(name, path, how or "it is not downloaded automatically"))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,23 +96,30 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Downloading (online only; not exercised by the offline tests).
+# Downloading: one file, streamed to a temporary sibling, checksum-checked, then renamed into place.
 # --------------------------------------------------------------------------------------------------
-def download_file(url: str, dest: Path, *, sha256: str | None = None, md5: str | None = None) -> Path:
-    """Download `url` to `dest` with a progress bar, check its sha256 / md5, then move it in place."""
+class ChecksumError(OSError):
+    """A downloaded file does not have the checksum it must have (it was not kept)."""
+
+
+def download_file(url: str, dest: Path, *, sha256: str | None = None, md5: str | None = None,
+                  progress: bool = True, timeout: float = 30) -> Path:
+    """Download `url` to `dest` with a progress bar, check its sha256 / md5, then move it in place.
+
+    On any error (network, `timeout` seconds without data, `ChecksumError`) `dest` is left untouched."""
     from tqdm.auto import tqdm
 
     hasher = hashlib.sha256() if sha256 else hashlib.md5()
-    with atomic_file(dest) as tmp, urllib.request.urlopen(url) as response, open(tmp, "wb") as f:
+    with atomic_file(dest) as tmp, urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
         total = int(response.headers.get("Content-Length") or 0) or None
-        with tqdm(total=total, unit="B", unit_scale=True, desc=Path(dest).name) as bar:
+        with tqdm(total=total, unit="B", unit_scale=True, desc=Path(dest).name, disable=not progress) as bar:
             while chunk := response.read(1 << 20):
                 f.write(chunk)
                 hasher.update(chunk)
                 bar.update(len(chunk))
-        expected = sha256 or md5
+        expected = (sha256 or md5 or "").lower()
         if expected and hasher.hexdigest() != expected:
-            raise OSError(f"checksum mismatch for {url}: got {hasher.hexdigest()}, expected {expected}")
+            raise ChecksumError(f"checksum mismatch for {url}: got {hasher.hexdigest()}, expected {expected}")
     return dest
 
 
@@ -118,9 +130,11 @@ from .image import (  # noqa: E402
 )
 from .text import TextCollator, Tokenizer, TokenBlocks, encode_corpus, read_corpus, text_blocks  # noqa: E402
 from .probe import PROBE_TASKS, ProbeTask, probe_task  # noqa: E402
+from .download import DownloadError, download_allowed, ensure, mirror_url  # noqa: E402
 
 __all__ = [
     "DatasetNotFoundError", "data_root", "cache_dir", "require", "atomic_file", "atomic_dir", "download_file",
+    "ChecksumError", "DownloadError", "download_allowed", "ensure", "mirror_url", "missing_message",
     "load_audio", "normalize_audio", "FSDD", "SpeechCommands", "LibriSpeech", "AudioCollator", "ChainedClips",
     "pretrain_transform", "eval_transform", "FashionMNIST", "CIFAR10", "ImageFolderDataset",
     "Tokenizer", "read_corpus", "encode_corpus", "TokenBlocks", "text_blocks", "TextCollator",

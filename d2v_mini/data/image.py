@@ -21,7 +21,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from . import atomic_file, cache_dir, data_root, download_file, require
+from . import atomic_file, cache_dir
+from .download import ensure
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 STATS = {  # per-channel pixel mean / std of the original training sets, for `mean=` / `std=`
@@ -137,15 +138,10 @@ class FashionMNIST(Dataset):
     classes = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
     def __init__(self, split: str = "train", root: str | Path | None = None, transform: Callable | None = None,
-                 limit: int | None = None, download: bool = False):
+                 limit: int | None = None, download: bool | None = None):
         if split not in self.FILES:
             raise ValueError(f"FashionMNIST split must be 'train' or 'test', not {split!r}")
-        folder = data_root(root) / "fashion_mnist"
-        paths = [folder / name for name in self.FILES[split]]
-        for path in paths:
-            if download and not path.exists():
-                download_file(self.URL + path.name, path, md5=self.MD5[path.name])
-            require(path, "Fashion-MNIST", f"Online: FashionMNIST(download=True) fetches {self.URL}")
+        paths = [ensure(f"fashion_mnist/{name}", root, download) for name in self.FILES[split]]
         self.images, labels = read_idx(paths[0])[:limit], read_idx(paths[1])[:limit]  # [N, 28, 28], [N]
         self.targets = labels.astype(np.int64).tolist()
         self.transform = transform or T.ToTensor()
@@ -235,25 +231,24 @@ class PackedJPEGs(Dataset):
 class CIFAR10(_LabelledImages):
     """CIFAR-10: 50,000 train / 10,000 test 32x32 RGB images, 10 classes (airplane ... truck).
 
-    Offline it reads the mirror's `cifar10/cifar10_jpg.tar.gz` (a JPEG re-encoding of the originals)
-    through `PackedJPEGs`, which caches it under `<cache>/cifar10/` (the data root stays untouched).
-    With `download=True` and no archive, it uses torchvision's `CIFAR10` (the original python pickles,
-    downloaded into `<root>/cifar10/`); the class order is the same. Item: dict(source=transform(RGB
-    PIL image) (default: float [3, 32, 32] in [0, 1]), label=int); `limit=N`: a deterministic
-    class-balanced subset (the first N / C images of each class).
+    It reads the mirror's `cifar10/cifar10_jpg.tar.gz` (a JPEG re-encoding of the originals) through
+    `PackedJPEGs`, which caches it under `<cache>/cifar10/` (the data root stays untouched). Without that
+    archive it reads the original python pickles in `cifar10/cifar-10-batches-py/` with torchvision's
+    `CIFAR10`; the class order is the same. A missing set is downloaded (unless D2V_DOWNLOAD=never /
+    download=False): the archive from D2V_MIRROR_URL when set, else the original pickles.
+    Item: dict(source=transform(RGB PIL image) (default: float [3, 32, 32] in [0, 1]), label=int);
+    `limit=N`: a deterministic class-balanced subset (the first N / C images of each class).
     """
 
     def __init__(self, split: str = "train", root: str | Path | None = None, transform: Callable | None = None,
-                 limit: int | None = None, download: bool = False):
+                 limit: int | None = None, download: bool | None = None):
         if split not in ("train", "test"):
             raise ValueError(f"CIFAR10 split must be 'train' or 'test', not {split!r}")
-        folder = data_root(root) / "cifar10"
-        archive = folder / "cifar10_jpg.tar.gz"
-        if archive.exists() or not (download or (folder / "cifar-10-batches-py").exists()):
-            require(archive, "CIFAR-10", "Online: CIFAR10(download=True) uses torchvision.datasets.CIFAR10.")
-            base = PackedJPEGs(archive, split, "cifar10")
+        path = ensure("cifar10/cifar10_jpg.tar.gz", root, download)  # or cifar10/cifar-10-batches-py
+        if path.name == "cifar10_jpg.tar.gz":
+            base = PackedJPEGs(path, split, "cifar10")
         else:
-            base = torchvision.datasets.CIFAR10(str(folder), train=split == "train", download=download)
+            base = torchvision.datasets.CIFAR10(str(path.parent), train=split == "train", download=False)
         super().__init__(base, transform, limit)
 
 

@@ -24,7 +24,7 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset, Subset, default_collate
 
-from . import data_root, require
+from .download import ensure
 from .image import CIFAR10, FashionMNIST, eval_transform
 from .speech import FSDD, AudioCollator
 from .text import TextCollator, Tokenizer
@@ -75,15 +75,17 @@ class Sentences(Dataset):
         return dict(source=self.ids[i], label=self.labels[i])
 
 
-def read_sentences(task: str, root: str | Path | None = None) -> tuple[list[str], list[int]]:
+def read_sentences(task: str, root: str | Path | None = None,
+                   download: bool | None = None) -> tuple[list[str], list[int]]:
     """All sentences of a two-file task and their labels (file order: all of label 0, then label 1).
 
     The originals are Latin-1; the mirror's copies were converted to UTF-8. Both are accepted.
     """
     folder, *files = SENTENCE_FILES[task]
+    path = ensure(f"text/{folder}", root, download)  # downloaded if missing, unless D2V_DOWNLOAD=never
     texts, labels = [], []
     for label, file in enumerate(files):
-        raw = require(data_root(root) / "text" / folder / file, f"{task} ({file})").read_bytes()
+        raw = (path / file).read_bytes()
         try:
             lines = raw.decode("utf-8").splitlines()
         except UnicodeDecodeError:
@@ -119,7 +121,8 @@ def _limit(dataset: Dataset, n: int | None, seed: int = 0) -> Dataset:
 
 def probe_task(name: str, *, root: str | Path | None = None, limit_train: int | None = None,
                limit_test: int | None = None, image_size: int | None = None, channels: int | None = None,
-               tokenizer: Tokenizer | None = None, max_tokens: int | None = None, download: bool = False) -> ProbeTask:
+               tokenizer: Tokenizer | None = None, max_tokens: int | None = None,
+               download: bool | None = None) -> ProbeTask:
     """Build the labelled probe task `name` (one of `PROBE_TASKS`); see the module docstring."""
     if name in ("fsdd_digits", "fsdd_speakers"):
         train, test = (FSDD(split, root=root, download=download) for split in ("train", "test"))
@@ -138,7 +141,7 @@ def probe_task(name: str, *, root: str | Path | None = None, limit_train: int | 
 
     if name in SENTENCE_FILES:
         tokenizer = tokenizer or Tokenizer.gpt2(root, download=download)
-        texts, labels = read_sentences(name, root)
+        texts, labels = read_sentences(name, root, download)
         parts = []
         for idx, limit in zip(stratified_split(labels), (limit_train, limit_test)):
             idx = idx[:limit]

@@ -9,9 +9,7 @@ through TorchCodec, which is not available everywhere.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import tarfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,7 +20,8 @@ import torchaudio.functional as AF
 from einops import reduce
 from torch.utils.data import Dataset
 
-from . import DatasetNotFoundError, atomic_dir, data_root, download_file, require
+from . import data_root
+from .download import download_allowed, ensure, hub_download, mirror_url
 
 
 def load_audio(path: str | Path | BinaryIO, sample_rate: int | None = 16_000) -> torch.Tensor:
@@ -90,13 +89,10 @@ class FSDD(_AudioFiles):
     CONTENT_SHA256 = "1801eae019c063377d98f831d3f93574f259475df7332bb0e3d1b080fb5e6959"
 
     def __init__(self, split: str = "train", root: str | Path | None = None, sample_rate: int = 16_000,
-                 normalize: bool = True, download: bool = False):
+                 normalize: bool = True, download: bool | None = None):
         if split not in ("train", "test", "all"):
             raise ValueError(f"FSDD split must be 'train', 'test' or 'all', not {split!r}")
-        folder = data_root(root) / "fsdd" / "recordings"
-        if download and not folder.exists():
-            self._download(folder)
-        require(folder, "FSDD (free spoken digit dataset)", f"Online: FSDD(download=True) fetches {self.URL}")
+        folder = ensure("fsdd/recordings", root, download)  # download: None = unless D2V_DOWNLOAD=never
         files = sorted(folder.glob("*.wav"))
         meta = [p.stem.split("_") for p in files]  # [digit, speaker, take]
         self.speakers = sorted({speaker for _, speaker, _ in meta})
@@ -108,25 +104,12 @@ class FSDD(_AudioFiles):
     def __getitem__(self, i: int) -> dict:
         return dict(source=self.wave(i), label=self.labels[i], speaker=self.speaker_ids[i], path=str(self.paths[i]))
 
-    @classmethod
-    def _download(cls, folder: Path) -> None:
-        archive = download_file(cls.URL, folder.parent / "fsdd-master.tar.gz")
-        with atomic_dir(folder) as tmp, tarfile.open(archive) as tar:
-            for member in tar.getmembers():
-                if "/recordings/" in member.name and member.name.endswith(".wav"):
-                    (tmp / Path(member.name).name).write_bytes(tar.extractfile(member).read())
-            wavs = sorted(tmp.glob("*.wav"))
-            sums = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in wavs)
-            if hashlib.sha256(sums.encode()).hexdigest() != cls.CONTENT_SHA256:
-                raise OSError("FSDD download does not match the expected 3,000 recordings")
-        archive.unlink()
-
-
 class SpeechCommands(_AudioFiles):
     """Speech Commands v0.01 keyword clips, `{word}/{speaker}_nohash_{n}.wav` at 16 kHz (~1 s).
 
-    Default: the mirror's 300-clip subset `speech_commands_mini/` (30 words x 10 clips); `full=True`
-    reads the full v0.01 set from `speech_commands/` (download=True fetches it, 1.4 GB).
+    Default: the 300-clip subset `speech_commands_mini/` (30 words x 10 clips, listed in
+    `manifests/speech_commands_mini.txt`; downloaded from a mirror, or cut out of the v0.01 tarball, which
+    is streamed once and not kept); `full=True` reads the full v0.01 set from `speech_commands/` (1.4 GB).
     Split as in the original: `testing_list.txt` -> "test", `validation_list.txt` -> "validation",
     the rest -> "train". Item: dict(source=float [N], label=int index into `self.classes`, path=str).
     """
@@ -135,21 +118,10 @@ class SpeechCommands(_AudioFiles):
     SHA256 = "743935421bb51cccdb6bdd152e04c5c70274e935c82119ad7faeec31780d811d"
 
     def __init__(self, split: str = "train", root: str | Path | None = None, sample_rate: int = 16_000,
-                 normalize: bool = True, full: bool = False, download: bool = False):
+                 normalize: bool = True, full: bool = False, download: bool | None = None):
         if split not in ("train", "validation", "test"):
             raise ValueError(f"SpeechCommands split must be 'train', 'validation' or 'test', not {split!r}")
-        folder = data_root(root) / ("speech_commands" if full else "speech_commands_mini")
-        if download and not folder.exists():
-            if not full:
-                raise DatasetNotFoundError(f"the 300-clip subset {folder} exists only in the data mirror; "
-                                           "use SpeechCommands(full=True, download=True) for the full set")
-            with atomic_dir(folder) as tmp:
-                archive = download_file(self.URL, tmp / "archive.tar.gz", sha256=self.SHA256)
-                with tarfile.open(archive) as tar:
-                    tar.extractall(tmp, filter="data")
-                archive.unlink()
-        require(folder, "Speech Commands" + ("" if full else " (mini)"),
-                "" if full else "The 300-clip subset is part of the data mirror only.")
+        folder = ensure("speech_commands" if full else "speech_commands_mini", root, download)
         valid = set((folder / "validation_list.txt").read_text().split())  # "{word}/{file}.wav" lines
         test = set((folder / "testing_list.txt").read_text().split())
         self.classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("_"))
@@ -169,9 +141,10 @@ class SpeechCommands(_AudioFiles):
 class LibriSpeech(Dataset):
     """LibriSpeech utterances: `LibriSpeech/<split>/<speaker>/<chapter>/*.flac` + `<spk>-<chapter>.trans.txt`.
 
-    Reads the folder layout under `<root>/librispeech/` (the mirror holds 4 test-clean utterances).
-    With `download=True` and no folder, the split is read from the Hugging Face hub instead
-    (`openslr/librispeech_asr` through `datasets`, audio decoding off, bytes decoded with soundfile).
+    Reads the folder layout under `<root>/librispeech/` (the mirror holds 4 test-clean utterances). A
+    missing split is downloaded (unless D2V_DOWNLOAD=never / download=False): from D2V_MIRROR_URL when set,
+    else read from the Hugging Face hub (`openslr/librispeech_asr` through `datasets`, kept in its cache;
+    audio decoding off, bytes decoded with soundfile).
     Item: dict(source=float [N] at 16 kHz, transcript=str (upper case), path=str).
     """
 
@@ -181,14 +154,13 @@ class LibriSpeech(Dataset):
                  "train-other-500": ("other", "train.500")}
 
     def __init__(self, split: str = "test-clean", root: str | Path | None = None, sample_rate: int = 16_000,
-                 normalize: bool = True, download: bool = False):
+                 normalize: bool = True, download: bool | None = None):
         self.sample_rate, self.normalize, self._hf = sample_rate, normalize, None
         folder = data_root(root) / "librispeech" / "LibriSpeech" / split
-        if download and not folder.exists():
-            self._hf = self._load_hf(split)
+        if not folder.exists() and download_allowed(download) and not mirror_url():
+            self._hf = hub_download(f"LibriSpeech {split}", folder, lambda: self._load_hf(split), root)
             return
-        require(folder, f"LibriSpeech {split}",
-                "Online: LibriSpeech(split, download=True) reads openslr/librispeech_asr with `datasets`.")
+        folder = ensure(f"librispeech/LibriSpeech/{split}", root, download)
         self.items: list[tuple[Path, str]] = []
         for trans in sorted(folder.glob("*/*/*.trans.txt")):
             for line in trans.read_text().splitlines():

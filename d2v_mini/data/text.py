@@ -19,7 +19,8 @@ from tokenizers import ByteLevelBPETokenizer
 from tokenizers import Tokenizer as HFTokenizer
 from torch.utils.data import Dataset
 
-from . import atomic_file, cache_dir, data_root, download_file, require
+from . import atomic_file, cache_dir, data_root
+from .download import ensure
 
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0, 1, 2, 3
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
@@ -48,7 +49,7 @@ class Tokenizer:
         self.fingerprint = f"{name}-{hashlib.sha256(backend.to_str().encode()).hexdigest()[:12]}"
 
     @classmethod
-    def gpt2(cls, root: str | Path | None = None, download: bool = False) -> "Tokenizer":
+    def gpt2(cls, root: str | Path | None = None, download: bool | None = None) -> "Tokenizer":
         """GPT-2's byte-level BPE (RoBERTa's and data2vec-text's): `<root>/tokenizers/gpt2/{vocab.json,merges.txt}`.
 
         GPT-2 id g becomes g + 4 (after the 4 specials), so ids 4..50260 are text, 50261-50263 are
@@ -57,10 +58,7 @@ class Tokenizer:
         folder = data_root(root) / "tokenizers" / "gpt2"
         if folder.resolve() in _GPT2:  # loaded already (takes ~0.5 s; a Tokenizer never changes)
             return _GPT2[folder.resolve()]
-        for name in ("vocab.json", "merges.txt"):
-            if download and not (folder / name).exists():  # no pinned hash: structure checked below
-                download_file(f"https://huggingface.co/openai-community/gpt2/resolve/main/{name}", folder / name)
-            require(folder / name, "GPT-2 BPE tokenizer")
+        folder = ensure("tokenizers/gpt2", root, download)  # no pinned hash: structure checked below
         backend = ByteLevelBPETokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
         assert backend.get_vocab_size() == 50257, f"{folder} does not hold GPT-2's 50,257 tokens"
         _GPT2[folder.resolve()] = cls(backend, "gpt2", offset=4, vocab_size=50265)
@@ -129,31 +127,24 @@ SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2d
 CORPORA = ("tinyshakespeare", "wikitext-2", "wikitext-103")
 
 
-def read_corpus(name: str, split: str, root: str | Path | None = None, download: bool = False) -> str:
+def read_corpus(name: str, split: str, root: str | Path | None = None, download: bool | None = None) -> str:
     """The raw text of a corpus split.
 
     - "tinyshakespeare": `text/tinyshakespeare/input.txt`; "train" = first 90% of the characters,
       "valid" = the last 10% (nanoGPT's split).
     - "wikitext-2": `text/wikitext-2/{train,valid,test}.txt`; the mirror has valid and test only,
-      train needs `download=True` (Hugging Face `Salesforce/wikitext`, written into the data root).
+      train is downloaded (Hugging Face `Salesforce/wikitext`, written into the data root).
     - "wikitext-103": online only, like wikitext-2's train (`text/wikitext-103/<split>.txt` once fetched).
+    A missing file is downloaded unless D2V_DOWNLOAD=never / download=False (see `download.py`).
     """
     split = "valid" if split == "validation" else split
     if name not in CORPORA or split not in ("train", "valid", "test") or (name, split) == ("tinyshakespeare", "test"):
         raise ValueError(f"unknown corpus/split {name!r}/{split!r}; corpora: {CORPORA}, splits train/valid(/test)")
-    folder = data_root(root) / "text" / name
     if name == "tinyshakespeare":
-        path = folder / "input.txt"
-        if download and not path.exists():
-            download_file(SHAKESPEARE_URL, path, sha256=SHAKESPEARE_SHA256)
-        text = require(path, "tiny-shakespeare").read_text(encoding="utf-8")
+        text = ensure("text/tinyshakespeare/input.txt", root, download).read_text(encoding="utf-8")
         cut = int(0.9 * len(text))
         return text[:cut] if split == "train" else text[cut:]
-    path = folder / f"{split}.txt"
-    if download and not path.exists():
-        _download_wikitext(name, split, path)
-    hint = "The mirror holds only WikiText-2 valid/test; other splits need read_corpus(..., download=True)."
-    return require(path, f"{name} {split}", hint).read_text(encoding="utf-8")
+    return ensure(f"text/{name}/{split}.txt", root, download).read_text(encoding="utf-8")
 
 
 def _download_wikitext(name: str, split: str, path: Path) -> None:
@@ -179,7 +170,7 @@ def encode_corpus(text: str, tokenizer: Tokenizer, chunk: int = 10_000) -> torch
 
 
 def cached_ids(name: str, split: str, tokenizer: Tokenizer, root: str | Path | None = None,
-               download: bool = False) -> torch.Tensor:
+               download: bool | None = None) -> torch.Tensor:
     """`encode_corpus(read_corpus(...))`, cached in `<cache>/tokens/` keyed by text and tokenizer: long [T]."""
     text = read_corpus(name, split, root, download)
     key = hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -215,7 +206,7 @@ class TokenBlocks(Dataset):
 
 
 def text_blocks(name: str, split: str, tokenizer: Tokenizer, block_size: int, root: str | Path | None = None,
-                download: bool = False) -> TokenBlocks:
+                download: bool | None = None) -> TokenBlocks:
     """`TokenBlocks` of a corpus split (see `read_corpus`), with the token ids cached."""
     ids = cached_ids(name, split, tokenizer, root, download)
     return TokenBlocks(ids, block_size, tokenizer.bos_id, tokenizer.eos_id)
