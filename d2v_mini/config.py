@@ -33,6 +33,7 @@ class TransformerConfig:
     activation_dropout: float = 0.0  # dropout after the FFN activation
     drop_path: float = 0.0  # stochastic depth, linearly increasing to this value in the last block
     layerdrop: float = 0.0  # fairseq layer drop: skip a whole block with this probability (training)
+    init: Literal["released", "torch"] = "released"  # the released code's init per modality, or PyTorch's (init.py)
 
 
 @dataclass
