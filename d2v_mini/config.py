@@ -150,6 +150,9 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     weight_decay: float = 0.01
+    # which parameters decay: "released" = fairseq all (speech, text) / BEiT's groups (image); "no_1d" = none of
+    # the 1-D parameters, biases, tokens and position tables (schedule.decays)
+    decay_groups: Literal["released", "no_1d"] = "released"
     schedule: Literal["cosine", "tri_stage", "constant"] = "tri_stage"
     warmup_steps: int = 12_000
     total_steps: int = 400_000
