@@ -33,6 +33,7 @@ class TransformerConfig:
     activation_dropout: float = 0.0  # dropout after the FFN activation
     drop_path: float = 0.0  # stochastic depth, linearly increasing to this value in the last block
     layerdrop: float = 0.0  # fairseq layer drop: skip a whole block with this probability (training)
+    init: Literal["released", "torch"] = "released"  # the released code's init per modality, or PyTorch's (init.py)
 
 
 @dataclass
@@ -149,6 +150,9 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     weight_decay: float = 0.01
+    # which parameters decay: "released" = fairseq all (speech, text) / BEiT's groups (image); "no_1d" = none of
+    # the 1-D parameters, biases, tokens and position tables (schedule.decays)
+    decay_groups: Literal["released", "no_1d"] = "released"
     schedule: Literal["cosine", "tri_stage", "constant"] = "tri_stage"
     warmup_steps: int = 12_000
     total_steps: int = 400_000

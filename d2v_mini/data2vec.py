@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from .config import Data2VecConfig
 from .ema import EMATeacher
 from .encoder import build_encoder
+from .init import init_head
 from .loss import RegressionHead, feature_std, regression_loss
 from .masking import block_mask, check_mask, span_mask, text_mask
 from .targets import build_targets, target_layers
@@ -46,6 +47,8 @@ class Data2Vec(nn.Module):
         self.cfg = cfg
         self.student = build_encoder(cfg)
         self.head = RegressionHead(cfg.encoder.dim, cfg.loss.head_layers)
+        if cfg.encoder.init == "released":
+            init_head(self.head, cfg.modality)
         self.teacher = EMATeacher(self.student, cfg.ema)
 
     @torch.no_grad()

@@ -3,6 +3,11 @@
 code differs (vision: FFN-output targets, shared front end, 40 warm-up epochs, drop path 0.2; text:
 BERT 15% 80/10/10 masking, tau_n = 100k, tri-stage schedule).
 
+Released checkpoints (data2vec 1.0, Hugging Face hub, `RELEASED_CHECKPOINTS`): speech base and large, image
+base and large, text base. No text large was released: `preset("text", "large")` is RoBERTa-large's shape
+(354.3M) trained with the base recipe, with no checkpoint or recipe of the paper's to compare with. tiny and
+small are d2v_mini's own scales.
+
 Sources: ../shared/reference/data2vec-recipes.md sections 3.1 (speech), 3.2 (vision), 3.3 (text).
 
 What one optimizer update holds (`batching.describe_update`, the `update` column of `d2v_mini presets`):
@@ -177,7 +182,8 @@ def text_base_paper() -> Data2VecConfig:
 
 
 def text_large() -> Data2VecConfig:
-    """RoBERTa-large dims (no released data2vec 1.0 text-large recipe: base recipe at large dims)."""
+    """RoBERTa-large dims with the base recipe. Not a released model: data2vec 1.0 released only the text
+    base checkpoint (facebook/data2vec-text-base), and no text-large recipe."""
     c = text_base()
     return replace(c, name="large", encoder=TextConfig(dim=1024, depth=24, heads=16, ffn_dim=4096))
 
@@ -209,9 +215,17 @@ PRESETS = {
              "large": text_large},
 }
 
+# the released data2vec 1.0 pretrained checkpoints each preset has the shape of (Hugging Face hub names)
+RELEASED_CHECKPOINTS = {("speech", "base"): "facebook/data2vec-audio-base",
+                        ("speech", "large"): "facebook/data2vec-audio-large",
+                        ("image", "base"): "facebook/data2vec-vision-base",
+                        ("image", "large"): "facebook/data2vec-vision-large",
+                        ("text", "base"): "facebook/data2vec-text-base"}
+# paper-scale presets without a released checkpoint, and why
+NOT_RELEASED = {("text", "large"): "no data2vec 1.0 text-large was released: RoBERTa-large dims, base recipe"}
 # encoder parameter counts of the released checkpoints (Hugging Face Data2Vec*Model, no pooler)
 RELEASED_PARAMS = {("image", "base"): 85.7e6, ("image", "large"): 303.1e6, ("speech", "base"): 93.2e6,
-                   ("speech", "large"): 313.3e6, ("text", "base"): 124.1e6, ("text", "large"): 354.3e6}
+                   ("speech", "large"): 313.3e6, ("text", "base"): 124.1e6}
 
 
 def preset(modality: str, name: str = "tiny") -> Data2VecConfig:
@@ -245,14 +259,24 @@ def preset_rows() -> list[dict]:
                          "heads": c.encoder.heads, "encoder_params": n, "masking": masking, "top_k": c.targets.top_k,
                          "tau": f"{c.ema.decay_start}->{c.ema.decay_end}"
                                 + (f" / {c.ema.anneal_steps}" if c.ema.anneal_steps else ""),
-                         "update": describe_update(c)})
+                         "update": describe_update(c), "released": released(modality, name)})
     return rows
 
 
+def released(modality: str, name: str) -> str:
+    """The hub name of the released checkpoint a preset has the shape of, "not released" for a paper-scale
+    preset without one (text large), "-" for d2v_mini's own scales and recipe variants (tiny, small, base_paper)."""
+    if (modality, name) in RELEASED_CHECKPOINTS:
+        return RELEASED_CHECKPOINTS[(modality, name)]
+    return "not released" if (modality, name) in NOT_RELEASED else "-"
+
+
 def format_table(rows: list[dict]) -> str:
-    """A plain-text table of `preset_rows()`."""
-    head = ["modality", "preset", "layers", "dim", "heads", "encoder_params", "masking", "top_k", "tau", "update"]
+    """A plain-text table of `preset_rows()`, and what is not released."""
+    head = ["modality", "preset", "layers", "dim", "heads", "encoder_params", "masking", "top_k", "tau", "update",
+            "released"]
     cells = [[f"{r[h] / 1e6:.1f}M" if h == "encoder_params" else str(r[h]) for h in head] for r in rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
     line = lambda xs: "  ".join(x.ljust(w) for x, w in zip(xs, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(c) for c in cells])
+    notes = [f"{m} {n}: {why}" for (m, n), why in NOT_RELEASED.items()]
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(c) for c in cells] + notes)

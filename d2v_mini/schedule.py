@@ -1,6 +1,6 @@
 """Optimiser and learning-rate schedules of the data2vec 1.0 recipes.
 
-    AdamW(betas, eps, weight_decay)  with no decay on 1-D parameters and position / special tokens
+    AdamW(betas, eps, weight_decay)  decayed parameters: `OptimConfig.decay_groups` (see param_groups)
     lr(s) = cfg.lr * factor(s)       s = optimizer steps done (torch LambdaLR)
 
 Three schedules (`OptimConfig.schedule`), T = total_steps, w = warmup_steps:
@@ -23,27 +23,53 @@ from .config import OptimConfig
 
 TRI_STAGE_INIT_SCALE = 0.01  # fairseq init_lr_scale
 TRI_STAGE_FINAL_SCALE = 0.01  # fairseq final_lr_scale
-# parameters that are not 1-D but must not decay either (BEiT's `no_weight_decay`, fairseq v2)
+# BEiT / data2vec-vision: `no_weight_decay()` of VisionTransformerForCyclicalTraining (exact top-level names)
+BEIT_SKIP = ("cls_token", "pos_embed")
+# decay_groups="no_1d" (d2v_mini before the released groups): not decayed either, besides 1-D parameters
 NO_DECAY_NAMES = ("cls_token", "mask_token", "mask_emb", "pos_embed", "rel_pos")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW groups over the trainable parameters: decayed matrices / kernels, and undecayed
-    1-D parameters (norm weights, biases, layer-scale gamma, mask_emb) plus CLS / mask tokens,
-    absolute positions and relative-position tables. The teacher (requires_grad False) is left out."""
+def decays(name: str, p: torch.Tensor, rule: str, modality: str) -> bool:
+    """Whether the parameter `name` (of a Data2Vec model or a bare encoder) is weight-decayed.
+
+    rule "released": speech, text: every parameter (fairseq's Adam decays all of them, no parameter groups);
+                     image: all but 1-D parameters, biases, cls_token and pos_embed (BEiT optim_factory
+                     `get_parameter_groups` with the model's `no_weight_decay()`): the patch embedding,
+                     mask_token, relative position tables and every Linear weight decay.
+    rule "no_1d":    all but 1-D parameters, biases, CLS / mask tokens, mask_emb, absolute positions and
+                     relative position tables, in every modality."""
+    if rule == "no_1d":
+        return not (p.ndim <= 1 or name.endswith(".bias") or any(k in name for k in NO_DECAY_NAMES))
+    if rule != "released":
+        raise ValueError(f"unknown decay_groups {rule!r}: expected 'released' or 'no_1d'")
+    if modality in ("speech", "text"):
+        return True
+    if modality == "image":
+        return not (p.ndim <= 1 or name.endswith(".bias") or name.removeprefix("student.") in BEIT_SKIP)
+    raise ValueError(f"decay_groups='released' depends on the modality: got {modality!r}, expected "
+                     f"'speech', 'image' or 'text' (pass modality=, or a model with cfg.modality)")
+
+
+def param_groups(model: nn.Module, weight_decay: float, rule: str = "released",
+                 modality: str | None = None) -> list[dict]:
+    """Two AdamW groups over the trainable parameters, "decay" and "no_decay", split by `decays`
+    (`rule` = OptimConfig.decay_groups; `modality` defaults to model.cfg.modality). The teacher
+    (requires_grad False) is left out."""
+    if modality is None:
+        modality = getattr(getattr(model, "cfg", None), "modality", None)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        skip = p.ndim <= 1 or name.endswith(".bias") or any(k in name for k in NO_DECAY_NAMES)
-        (no_decay if skip else decay).append(p)
+        (decay if decays(name, p, rule, modality) else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
             {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW with the recipe's lr, betas, eps and weight decay (decoupled, like fairseq's Adam)."""
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    groups = param_groups(model, cfg.weight_decay, cfg.decay_groups)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 
 def lr_factor(step: int, cfg: OptimConfig, total_steps: int | None = None) -> float:

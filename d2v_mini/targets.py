@@ -5,7 +5,8 @@
 norm_l is an instance norm over time (speech: each channel zero-mean, unit-variance over the frames
 of one utterance) or a parameter-free layer norm over channels (text, vision); the optional final norm
 is vision's second layer norm. a_l is a block's FFN output before the last residual (`site="ffn"`,
-the paper's choice) or the block output (`site="end"`, the released vision code).
+the paper's choice; in a pre-LN block with layer scale, after the scale, as data2vec-vision reads it)
+or the block output (`site="end"`, the released vision code).
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ Two block forms, as in the released data2vec 1.0 code:
 
 Every block returns two tensors: its output (end of block) and its FFN output before the last
 residual, which is where data2vec 1.0 reads its targets ("fc_results" / `layer_results` in fairseq).
+In a pre-LN block with layer scale that FFN output is read after the scale, g2 * FFN(LN(x)), as
+data2vec-vision's `fc_feature` (`layer_results='fc'`) is: the branch that is added to the residual.
 
 Shapes: B batch, T tokens, D model width, H heads.
 """
@@ -28,8 +30,9 @@ class EncoderOutput:
     last_hidden_state: [B, T, D] final output (after the final LN for pre-LN encoders)
     hidden_states:     L + 1 tensors [B, T, D]: the input of block 0, then each block's output
                        (Hugging Face's `output_hidden_states` convention)
-    layer_results:     L tensors [B, T, D]: each block's FFN output before the last residual
-                       (None for a block skipped by layer drop, which happens only in training)
+    layer_results:     L tensors [B, T, D]: each block's FFN output before the last residual, after
+                       the layer scale g2 in a pre-LN block (None for a block skipped by layer drop,
+                       which happens only in training)
     padding_mask:      bool [B, T], True = padding (None when the batch has no padding)
     """
 
@@ -91,13 +94,14 @@ class Block(nn.Module):
         return self.fc2(self.act_dropout(F.gelu(self.fc1(x))))
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """x: [B, T, D]. Returns (block output [B, T, D], FFN output before the last residual [B, T, D])."""
+        """x: [B, T, D]. Returns (block output [B, T, D], FFN output before the last residual [B, T, D];
+        pre-LN with layer scale: gamma2 * FFN, the released vision target site)."""
         if self.norm_first:  # BEiT: x + drop_path(gamma * f(LN(x)))
             a = self.dropout(self.attn(self.norm1(x), attn_mask))
             x = x + drop_path(a if self.gamma1 is None else self.gamma1 * a, self.drop_path, self.training)
             h = self.ffn(self.norm2(x))
-            f = self.dropout(h)
-            x = x + drop_path(f if self.gamma2 is None else self.gamma2 * f, self.drop_path, self.training)
+            h = h if self.gamma2 is None else self.gamma2 * h  # data2vec-vision fc_feature: after layer scale
+            x = x + drop_path(self.dropout(h), self.drop_path, self.training)
         else:  # wav2vec 2.0 / RoBERTa: LN(x + f(x))
             x = self.norm1(x + self.dropout(self.attn(x, attn_mask)))
             h = self.ffn(x)

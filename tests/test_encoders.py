@@ -26,8 +26,9 @@ def test_contract_hidden_states_and_layer_results(modality):
         h_in, h_out, ffn = out.hidden_states[i], out.hidden_states[i + 1], out.layer_results[i]
         if cfg.encoder.norm_first:  # pre-LN: out = mid + gamma2 * ffn(LN(mid)), mid = in + gamma1 * attn(LN(in))
             mid = h_in + block.gamma1 * block.attn(block.norm1(h_in), enc.rel_pos()[None])
-            torch.testing.assert_close(ffn, block.ffn(block.norm2(mid)), atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(h_out, mid + block.gamma2 * ffn, atol=1e-5, rtol=1e-5)
+            # the target site is the FFN branch after layer scale (data2vec-vision fc_feature)
+            torch.testing.assert_close(ffn, block.gamma2 * block.ffn(block.norm2(mid)), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(h_out, mid + ffn, atol=1e-5, rtol=1e-5)
         else:  # post-LN: the target site is fc2's output before the residual and final LN
             mid = block.norm1(h_in + block.attn(h_in))
             torch.testing.assert_close(ffn, block.ffn(mid), atol=1e-5, rtol=1e-5)

@@ -10,7 +10,7 @@ import torch
 
 from d2v_mini.config import Data2VecConfig
 from d2v_mini.encoder import build_encoder
-from d2v_mini.presets import PRESETS, RELEASED_PARAMS, preset
+from d2v_mini.presets import PRESETS, RELEASED_CHECKPOINTS, RELEASED_PARAMS, format_table, preset, preset_rows
 
 
 @pytest.mark.parametrize("key", sorted(RELEASED_PARAMS))
@@ -19,6 +19,22 @@ def test_base_and_large_have_the_released_sizes(key):
     with torch.device("meta"):
         n = build_encoder(preset(modality, name)).num_params()
     assert abs(n - RELEASED_PARAMS[key]) / RELEASED_PARAMS[key] < 0.02, f"{key}: {n / 1e6:.2f}M"
+
+
+def test_released_claims_name_only_released_checkpoints():
+    """data2vec 1.0 released speech and image base / large and text base only: text large is not released."""
+    from d2v_mini.hf import RELEASED
+    assert set(RELEASED_CHECKPOINTS) == set(RELEASED_PARAMS)
+    for (modality, _), hub in RELEASED_CHECKPOINTS.items():
+        assert hub in RELEASED[modality]
+    assert ("text", "large") not in RELEASED_CHECKPOINTS and RELEASED["text"] == ("facebook/data2vec-text-base",)
+    rows = preset_rows()
+    released = {(r["modality"], r["preset"]): r["released"] for r in rows}
+    assert released[("text", "large")] == "not released" and released[("text", "base")] == "facebook/data2vec-text-base"
+    assert released[("speech", "tiny")] == released[("image", "base_paper")] == "-"
+    assert "text large: no data2vec 1.0 text-large was released" in format_table(rows)
+    with torch.device("meta"):  # RoBERTa-large's shape
+        assert build_encoder(preset("text", "large")).num_params() / 1e6 == pytest.approx(354.3, abs=0.1)
 
 
 def test_recipe_numbers():

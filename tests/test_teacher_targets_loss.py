@@ -118,6 +118,38 @@ def test_target_site_ffn_vs_end_of_block():
     assert all(a is b for a, b in zip(ffn, out.layer_results[-3:]))
 
 
+def test_pre_ln_ffn_targets_are_read_after_layer_scale():
+    """Vision base_paper (site "ffn", pre-LN, layer scale): the target of block l is data2vec-vision's
+    fc_feature = gamma_2 * MLP(LN(x)), the branch added to the residual. With per-channel gammas that are
+    not all equal (as after training) the layer-normed targets differ from those of the unscaled MLP."""
+    cfg = override(preset("image", "base_paper"), **{
+        "encoder.dim": 32, "encoder.depth": 3, "encoder.heads": 2, "encoder.ffn_dim": 64, "encoder.image_size": 32,
+        "encoder.patch_size": 8, "encoder.drop_path": 0.0, "encoder.attn_dropout": 0.0, "targets.top_k": 2})
+    assert cfg.targets.site == "ffn" and cfg.encoder.norm_first and cfg.encoder.layer_scale_init > 0
+    model = Data2Vec(cfg)
+    enc = model.teacher.model
+    with torch.no_grad():
+        for block in enc.transformer.blocks:
+            block.gamma1.uniform_(0.5, 1.5)
+            block.gamma2.uniform_(0.1, 2.0)
+    img = torch.randn(2, 3, 32, 32)
+    out = enc(img)
+    bias = enc.rel_pos()[None]
+    branch, unscaled = [], []  # what each block adds to its residual after attention; the MLP before gamma_2
+    for i, block in enumerate(enc.transformer.blocks):
+        h_in = out.hidden_states[i]
+        mid = h_in + block.gamma1 * block.attn(block.norm1(h_in), bias)
+        branch.append(out.hidden_states[i + 1] - mid)
+        unscaled.append(block.ffn(block.norm2(mid)))
+        torch.testing.assert_close(out.layer_results[i], branch[i], atol=1e-5, rtol=1e-5)
+    from d2v_mini.targets import target_layers
+    y = build_targets([t[:, 1:] for t in target_layers(out, cfg.targets)], cfg.targets)  # top 2, LN, average
+    released = sum(F.layer_norm(t[:, 1:], (32,)) for t in branch[1:]) / 2
+    torch.testing.assert_close(y, released, atol=1e-4, rtol=1e-4)
+    before_scale = sum(F.layer_norm(t[:, 1:], (32,)) for t in unscaled[1:]) / 2
+    assert (y - before_scale).abs().max() > 0.1
+
+
 # ------------------------------------------------------------------------------------------ loss
 def test_l2_loss_scaled_by_inverse_sqrt_d_per_masked_position():
     pred, y = torch.zeros(5, 16), torch.ones(5, 16)

@@ -14,6 +14,7 @@ import torch
 from d2v_mini.config import OptimConfig, override
 from d2v_mini.data2vec import Data2Vec
 from d2v_mini.ema import ema_decay
+from d2v_mini.presets import preset
 from d2v_mini.schedule import build_optimizer, build_scheduler, param_groups
 from d2v_mini.train import (CollapseError, NonFiniteLossError, TrainOptions, load_checkpoint, pretrain,
                             resolve_precision)
@@ -128,9 +129,10 @@ def test_ema_steps_once_per_optimizer_step_with_accumulation(tmp_path):
 
 
 # ------------------------------------------------------------------------------ optimiser, schedule
-def test_no_weight_decay_on_norms_biases_and_tokens():
+def test_no_1d_groups_skip_norms_biases_and_tokens():
+    """decay_groups="no_1d" (the groups before the released ones, kept as an option)."""
     model = Data2Vec(tiny_cfg())
-    groups = param_groups(model, 0.05)
+    groups = param_groups(model, 0.05, "no_1d")
     decay = {id(p) for p in groups[0]["params"]}
     names = {n: id(p) in decay for n, p in model.named_parameters() if p.requires_grad}
     assert not any(n.startswith("teacher.") for n in names)
@@ -139,7 +141,7 @@ def test_no_weight_decay_on_norms_biases_and_tokens():
         undecayed = (n.endswith(".bias") or "norm" in n or "gamma" in n or "token" in n or "rel_pos" in n or "pos_embed" in n)
         assert decayed != undecayed, n
     # with zero gradients AdamW only applies decoupled decay: w <- w (1 - lr wd), the rest stays put
-    cfg = OptimConfig(lr=0.1, weight_decay=0.5)
+    cfg = OptimConfig(lr=0.1, weight_decay=0.5, decay_groups="no_1d")
     opt = build_optimizer(model, cfg)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for p in model.parameters():
@@ -149,6 +151,42 @@ def test_no_weight_decay_on_norms_biases_and_tokens():
         if n in names:
             factor = 1 - 0.1 * 0.5 if names[n] else 1.0
             torch.testing.assert_close(p.detach(), before[n] * factor, msg=n)
+
+
+def decayed_names(modality: str, rule: str = "released") -> tuple[set[str], set[str]]:
+    """(decayed, all trainable) parameter names of the tiny preset's Data2Vec, as build_optimizer groups them."""
+    model = Data2Vec(preset(modality, "tiny"))
+    opt = build_optimizer(model, override(model.cfg.optim, decay_groups=rule))
+    name = {id(p): n for n, p in model.named_parameters()}
+    decayed = {name[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    return decayed, {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("modality", ["speech", "text"])
+def test_released_groups_fairseq_decays_every_parameter(modality):
+    """fairseq's Adam has one group: norms, biases, embeddings, mask_emb and the head all decay."""
+    decayed, trainable = decayed_names(modality)
+    assert decayed == trainable and not any(n.startswith("teacher.") for n in trainable)
+    assert {"student.transformer.blocks.0.norm1.weight", "student.transformer.blocks.0.fc1.bias"} <= decayed
+    assert ("student.mask_emb" if modality == "speech" else "student.positions.weight") in decayed
+
+
+def test_released_groups_image_follow_beit():
+    """BEiT get_parameter_groups: no decay for 1-D params, biases and no_weight_decay() = {pos_embed,
+    cls_token}; 2-D+ tokens and tables (mask_token, the relative position table) do decay."""
+    decayed, trainable = decayed_names("image")
+    beit = {n for n in trainable if not (n.endswith(".bias") or n in ("student.cls_token", "student.pos_embed")
+                                         or "norm" in n or "gamma" in n)}
+    assert decayed == beit
+    assert {"student.mask_token", "student.rel_pos.table", "student.patch_embed.weight", "head.net.weight"} <= decayed
+    assert not decayed & {"student.cls_token", "student.pos_embed", "student.transformer.blocks.0.gamma1"}
+    old, _ = decayed_names("image", "no_1d")
+    assert old == beit - {"student.mask_token", "student.rel_pos.table"}
+
+
+def test_unknown_decay_groups_are_explained():
+    with pytest.raises(ValueError, match="expected 'released' or 'no_1d'"):
+        decayed_names("text", "bias_only")
 
 
 def lrs(cfg: OptimConfig, steps: list[int]) -> dict[int, float]:
@@ -182,7 +220,6 @@ def test_tri_stage_schedule_closed_form(decay):
 
 
 def test_speech_base_tri_stage_peaks_after_12k_steps():
-    from d2v_mini.presets import preset
     cfg = preset("speech", "base").optim
     got = lrs(override(cfg, total_steps=4000), [0, 120, 3720, 4000])  # same ratios on 1% of the steps
     assert got == pytest.approx({0: 5e-6, 120: 5e-4, 3720: 5e-4, 4000: 5e-6})

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..config import ImageConfig
 from ..encoder import Encoder
+from ..init import check_init, init_image
 from ..masking import check_mask
 from ..transformer import EncoderOutput, Transformer
 
@@ -69,6 +70,8 @@ class ImageEncoder(Encoder):
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps) if cfg.final_norm else nn.Identity()
         for p in (self.cls_token, self.mask_token) + ((self.pos_embed,) if self.pos_embed is not None else ()):
             nn.init.trunc_normal_(p, std=0.02)
+        if check_init(cfg.init) == "released":  # BEiT: truncated normal, output projections / sqrt(2 l)
+            init_image(self)
 
     @property
     def num_patches(self) -> int:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..config import SpeechConfig
 from ..encoder import Encoder
+from ..init import check_init, init_speech
 from ..masking import check_mask
 from ..transformer import EncoderOutput, Transformer
 
@@ -102,6 +103,8 @@ class SpeechEncoder(Encoder):
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)
         self.dropout = nn.Dropout(cfg.dropout)
         self.transformer = Transformer(cfg)
+        if check_init(cfg.init) == "released":  # fairseq: kaiming-normal CNN, init_bert_params in the blocks
+            init_speech(self)
 
     def embed(self, x: Tensor, padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """x: float waveform [B, N] at `cfg.sample_rate`; padding_mask: bool [B, N], True = padded sample.

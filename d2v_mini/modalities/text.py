@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..config import TextConfig
 from ..encoder import Encoder
+from ..init import check_init, init_text
 from ..masking import check_mask
 from ..transformer import EncoderOutput, Transformer
 
@@ -32,6 +33,8 @@ class TextEncoder(Encoder):
         for emb in (self.tokens, self.positions):  # BERT init: N(0, 0.02), zero padding row
             nn.init.normal_(emb.weight, std=0.02)
             emb.weight.data[cfg.pad_idx].zero_()
+        if check_init(cfg.init) == "released":  # init_bert_params on every Linear and Embedding
+            init_text(self)
 
     @property
     def max_tokens(self) -> int:
