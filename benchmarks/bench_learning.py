@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import math
 import statistics
@@ -58,6 +59,7 @@ class Probes:
 
     def __init__(self, cfg, spec: demo.DemoSpec, quick: bool = False):
         self.spec, self.tasks, self.labels = spec, {}, {}
+        self.vocab = getattr(cfg.encoder, "vocab_size", None)
         n_train, n_test = (300, 100) if quick else (spec.probe_train, spec.probe_test)
         for view, (task, key, _, _) in VIEWS[cfg.modality].items():
             if task not in self.tasks:
@@ -79,15 +81,9 @@ class Probes:
         return self._views(feats)
 
     def raw(self) -> dict[str, float]:
-        feats = {name: tuple(raw_features(split, t.collate_fn, t.modality, vocab_size=_vocab(t))
+        feats = {name: tuple(raw_features(split, t.collate_fn, t.modality, vocab_size=self.vocab)
                              for split in (t.train, t.test)) for name, t in self.tasks.items()}
         return self._views(feats)
-
-
-def _vocab(task) -> int | None:
-    tok = getattr(task.train, "dataset", task.train)
-    ids = getattr(tok, "ids", None)
-    return None if ids is None else int(max(int(x.max()) for x in ids)) + 1
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -103,8 +99,10 @@ def parse_sets(items: list[str]) -> dict:
 
 
 def run(modality: str, seeds: list[int], scales: list[float], random_inits: int, sets: dict, quick: bool,
-        out_dir: Path) -> dict:
+        out_dir: Path, dataset: str | None = None) -> dict:
     spec = demo.SPECS[modality]
+    if dataset:
+        spec = dataclasses.replace(spec, dataset=dataset)
     cfg = demo.tiny_config(spec, spec.steps, sets)
     t0 = time.perf_counter()
     probes = Probes(cfg, spec, quick)
@@ -152,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scales", default="1,2,4", help="multiples of the demo's steps")
     p.add_argument("--random-inits", type=int, default=3)
     p.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (repeatable)")
+    p.add_argument("--dataset", default=None, help="pretraining data set instead of the demo's (one modality)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="a smoke run: 10%% of the steps, small probe sets")
     p.add_argument("--out", default="runs/bench_learning")
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     for m in args.modalities.split(","):
         print(f"== {m} ==", flush=True)
         rows.append(run(m, [int(s) for s in args.seeds.split(",")], [float(s) for s in args.scales.split(",")],
-                        args.random_inits, sets, args.quick, out))
+                        args.random_inits, sets, args.quick, out, args.dataset))
     print(table(rows))
     path = Path(args.json or out / "results.json")
     path.parent.mkdir(parents=True, exist_ok=True)
