@@ -30,7 +30,22 @@ from .config import (Data2VecConfig, EMAConfig, GuardConfig, ImageConfig, LossCo
                      SpeechConfig, TargetConfig, TextConfig)
 
 IMAGENET_TRAIN = 1_281_167
-NO_GUARD = GuardConfig(min_target_var=0.0, min_pred_var=0.0)
+NO_GUARD = GuardConfig(min_target_var=0.0, min_pred_var=0.0)  # no collapse check (no preset uses it)
+
+# Collapse guard (train.py stops with CollapseError): every preset has one. target_var / pred_var are fairseq's
+# statistics, the std of each channel across the masked positions of a batch, averaged over channels. Every
+# modality's targets are normalised to unit scale (speech: instance norm over time; text, images: layer norm over
+# channels), so a healthy target_var is O(1) everywhere and a collapsed teacher gives sqrt(1e-6) = 0.001.
+# base / large / small / base_paper: fairseq's 0.1 / 0.01 after 5000 updates (data2vec_audio; data2vec 2.0 text).
+# The released v1 text and vision code have no guard (data2vec 2.0 vision sets 0 / 0): kept here, as their targets
+# have the same unit scale.
+PAPER_GUARD = GuardConfig(min_target_var=0.1, min_pred_var=0.01, after_steps=5000)
+# tiny: measured over the 300 steps of each tiny preset (default data; speech seeds 0 and 1, text and image seed 0):
+# healthy target_var >= 0.35 (speech), 0.56 (text), 0.83 (image); a collapsed teacher (averaged parameters zeroed,
+# tau = 1) 0.001 from step 1. pred_var cannot tell them apart early (a healthy student first predicts the mean
+# target: speech dips to 0.024-0.028 near step 30, >= 0.038 after step 50, while a collapsed run's pred_var is still
+# 0.017 at step 36), so its threshold is 0.005 after 50 steps; the target_var check catches the collapsed teacher.
+TINY_GUARD = GuardConfig(min_target_var=0.1, min_pred_var=0.005, after_steps=50)
 
 
 # ----------------------------------------------------------------------------------------- speech
@@ -49,7 +64,7 @@ def speech_base() -> Data2VecConfig:
         optim=OptimConfig(lr=5e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, schedule="tri_stage",
                           warmup_steps=12_000, total_steps=400_000, tri_stage_ratios=(0.03, 0.9, 0.07),
                           clip_norm=0.0, batch_size=16, max_tokens=3_800_000),
-        guard=GuardConfig(min_target_var=0.1, min_pred_var=0.01, after_steps=5000),
+        guard=PAPER_GUARD,
         crop=320_000, min_crop=32_000,  # fairseq max/min_sample_size: 2-20 s, batches cropped to their shortest clip
     )
 
@@ -82,7 +97,7 @@ def speech_tiny() -> Data2VecConfig:
                    # one update: 16 clips of <= 1 s (batched by clip count), at most 256k samples
                    optim=replace(c.optim, lr=5e-4, schedule="cosine", warmup_steps=20, total_steps=300,
                                  weight_decay=0.01, batch_size=16, clip_norm=1.0, max_tokens=0),
-                   guard=replace(c.guard, after_steps=100))
+                   guard=TINY_GUARD)
 
 
 # ------------------------------------------------------------------------------------------ image
@@ -104,7 +119,7 @@ def image_base() -> Data2VecConfig:
         optim=OptimConfig(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.05, schedule="cosine",
                           warmup_steps=_epochs(10, 2048), total_steps=_epochs(800, 2048), min_lr_ratio=1e-5 / 2e-3,
                           clip_norm=3.0, batch_size=2048),
-        guard=NO_GUARD,
+        guard=PAPER_GUARD,
     )
 
 
@@ -146,7 +161,8 @@ def image_tiny() -> Data2VecConfig:
                    targets=replace(c.targets, top_k=3),
                    ema=replace(c.ema, decay_start=0.99, decay_end=0.999, anneal_steps=300),
                    optim=replace(c.optim, lr=1e-3, warmup_steps=20, total_steps=300, min_lr_ratio=0.01,
-                                 batch_size=64, clip_norm=3.0))
+                                 batch_size=64, clip_norm=3.0),
+                   guard=TINY_GUARD)
 
 
 # ------------------------------------------------------------------------------------------- text
@@ -165,7 +181,7 @@ def text_base() -> Data2VecConfig:
         optim=OptimConfig(lr=2e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, schedule="cosine",
                           warmup_steps=10_000, total_steps=1_000_000, min_lr_ratio=0.0, clip_norm=5.0,
                           batch_size=256),
-        guard=NO_GUARD,
+        guard=PAPER_GUARD,
         crop=512,
     )
 
@@ -204,7 +220,8 @@ def text_tiny() -> Data2VecConfig:
                    loss=replace(c.loss, head_layers=2),
                    ema=replace(c.ema, decay_start=0.99, decay_end=0.999, anneal_steps=300),
                    optim=replace(c.optim, lr=1e-3, warmup_steps=20, total_steps=300, min_lr_ratio=0.01,
-                                 batch_size=32, clip_norm=1.0))
+                                 batch_size=32, clip_norm=1.0),
+                   guard=TINY_GUARD)
 
 
 PRESETS = {

@@ -21,7 +21,8 @@ from d2v_mini.train import TrainOptions, pretrain
 
 def tiny_cfg(**changes) -> Data2VecConfig:
     """The image tiny preset (32 x 32 images, 64 patches) shrunk to a 2-block, 32-wide encoder, global
-    batch 8, a 20-step cosine schedule with 4 warm-up steps, no dropout, no collapse guard."""
+    batch 8, a 20-step cosine schedule with 4 warm-up steps, no dropout; the tiny preset's collapse guard
+    starts after 50 steps, so it never checks these runs."""
     base = {"encoder.dim": 32, "encoder.heads": 2, "encoder.ffn_dim": 64, "encoder.depth": 2, "targets.top_k": 2,
             "optim.batch_size": 8, "optim.total_steps": 20, "optim.warmup_steps": 4, "optim.lr": 2e-3,
             "ema.anneal_steps": 10}
