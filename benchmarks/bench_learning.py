@@ -22,7 +22,6 @@ import ast
 import dataclasses
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,59 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from d2v_mini import demo  # noqa: E402
-from d2v_mini.baselines import raw_features  # noqa: E402
-from d2v_mini.evaluate import extract_features, linear_probe, random_init_encoder  # noqa: E402
-from d2v_mini.pipeline import probe_data  # noqa: E402
-
-# view name -> (probe task, label key, train items (None = the spec's), test items (None = the spec's))
-VIEWS = {
-    "speech": {"fsdd_digits": ("fsdd_digits", "label", None, None),
-               "fsdd_speakers": ("fsdd_digits", "speaker", None, None)},
-    "image": {"fashion_mnist": ("fashion_mnist", "label", None, None),
-              "fashion_mnist_500": ("fashion_mnist", "label", 500, None),
-              "cifar10": ("cifar10", "label", None, None)},
-    "text": {"subjectivity": ("subjectivity", "label", None, None),
-             "sentence_polarity": ("sentence_polarity", "label", None, None)},
-}
-
-
-def mean_se(xs: list[float]) -> tuple[float, float]:
-    """Mean and standard error of the mean (0 for a single value)."""
-    m = statistics.fmean(xs)
-    return m, (statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else 0.0)
-
-
-class Probes:
-    """The labelled data of every view of one modality, built once; `score(encoder)` probes them all."""
-
-    def __init__(self, cfg, spec: demo.DemoSpec, quick: bool = False):
-        self.spec, self.tasks, self.labels = spec, {}, {}
-        self.vocab = getattr(cfg.encoder, "vocab_size", None)
-        n_train, n_test = (300, 100) if quick else (spec.probe_train, spec.probe_test)
-        for view, (task, key, _, _) in VIEWS[cfg.modality].items():
-            if task not in self.tasks:
-                self.tasks[task] = probe_data(cfg, task, dataset=spec.dataset, limit_train=n_train, limit_test=n_test)
-            t = self.tasks[task]
-            self.labels[view] = tuple(torch.tensor([item[key] for item in split]) for split in (t.train, t.test))
-
-    def _views(self, feats: dict) -> dict[str, float]:
-        out = {}
-        for view, (task, _, n_train, n_test) in VIEWS[self.spec.modality].items():
-            (xtr, xte), (ytr, yte) = feats[task], self.labels[view]
-            xtr, ytr, xte, yte = xtr[:n_train], ytr[:n_train], xte[:n_test], yte[:n_test]
-            out[view] = linear_probe(xtr, ytr, xte, yte, num_classes=self.tasks[task].num_classes)["accuracy"]
-        return out
-
-    def score(self, encoder) -> dict[str, float]:
-        feats = {name: tuple(extract_features(encoder, split, t.collate_fn, layer=self.spec.layer)[0]
-                             for split in (t.train, t.test)) for name, t in self.tasks.items()}
-        return self._views(feats)
-
-    def raw(self) -> dict[str, float]:
-        feats = {name: tuple(raw_features(split, t.collate_fn, t.modality, vocab_size=self.vocab)
-                             for split in (t.train, t.test)) for name, t in self.tasks.items()}
-        return self._views(feats)
-
+from d2v_mini.evaluate import random_init_encoder  # noqa: E402
+from d2v_mini.transfer import VIEWS, ProbeSuite, mean_se  # noqa: E402
 
 def parse_sets(items: list[str]) -> dict:
     """["optim.lr=1e-3", "masking.prob=0.8"] -> {"optim.lr": 0.001, "masking.prob": 0.8} (Python literals)."""
@@ -105,7 +53,7 @@ def run(modality: str, seeds: list[int], scales: list[float], random_inits: int,
         spec = dataclasses.replace(spec, dataset=dataset)
     cfg = demo.tiny_config(spec, spec.steps, sets)
     t0 = time.perf_counter()
-    probes = Probes(cfg, spec, quick)
+    probes = ProbeSuite(cfg, spec, quick)
     row = {"modality": modality, "spec": {k: v for k, v in vars(spec).items()}, "overrides": sets,
            "raw": probes.raw(), "random_init": [], "pretrained": {}}
     for k in range(random_inits):
