@@ -65,7 +65,8 @@ def run(modality: str, seeds: list[int], scales: list[float], random_inits: int,
                                            steps_scale=scale * (0.1 if quick else 1.0), overrides=sets)
             runs.append(dict(seed=seed, **info, probe=probes.score(res.model.student)))
             print(f"  {modality} x{scale} seed {seed}: " + ", ".join(f"{v} {a:.3f}" for v, a in runs[-1]["probe"].items())
-                  + f" (loss {info['final_loss']:.3f}" + (f", position R2 {info['position_r2']:.2f}"
+                  + f" (loss {info['final_loss']:.3f}" + (f", position R2 {info['position_r2']:.2f} chained, "
+                                                          f"{info['position_r2_clips']:.2f} clips"
                                                           if "position_r2" in info else "") + ")", flush=True)
         row["pretrained"][str(scale)] = runs
     row["seconds"] = round(time.perf_counter() - t0, 1)

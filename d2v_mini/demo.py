@@ -90,21 +90,39 @@ def pretrain_tiny(spec: DemoSpec, run_dir: Path, seed: int = 0, steps_scale: flo
     info.update(final_loss=last["loss"], target_var=last["target_var"], pred_var=last["pred_var"])
     if spec.modality == "speech":
         info["position_r2"] = speech_position_r2(res.model)
+        info["position_r2_clips"] = speech_position_r2(res.model, chained=False)
     return res, info
 
 
-def speech_position_r2(model, clips: int = 100) -> float:
+def speech_position_r2(model, clips: int = 100, chained: bool = True, seed: int = 0) -> float:
     """The share of the teacher's target variance that the frame's relative position alone explains
-    (viz.training.position_r2), on `clips` FSDD test clips: a shortcut detector for speech pretraining."""
-    from .pipeline import probe_data
+    (viz.training.position_r2) on held-out FSDD test speech: a shortcut detector for speech pretraining.
+
+    chained=True (the default): utterances chained from test clips (data.ChainedClips) and batched like
+    pretraining batches, so a frame's position in the utterance says nothing about its content, and
+    whatever position explains is a shortcut (a random-init teacher: about 0). chained=False: single
+    clips, padded. There the position is confounded with content: FSDD clips start and end in silence,
+    so even the clips' own log-mel features are about 37% explained by position."""
+    from .data import ChainedClips
+    from .pipeline import probe_data, speech_collate
     from .viz.training import position_r2, predict
 
-    task = probe_data(model.cfg, "fsdd_digits")
+    cfg = model.cfg
+    task = probe_data(cfg, "fsdd_digits")
     step = max(1, len(task.test) // clips)
-    batch = task.collate_fn([task.test[i] for i in range(0, len(task.test), step)][:clips])
-    frames = model.student.feature_encoder.output_length((~batch["padding_mask"]).sum(1))
-    out = predict(model, batch["source"], batch["padding_mask"], seed=1)
-    return position_r2(out.target, out.mask, frames)
+    idx = list(range(0, len(task.test), step))[:clips]
+    if not chained:
+        batch = task.collate_fn([task.test[i] for i in idx])
+        frames = model.student.feature_encoder.output_length((~batch["padding_mask"]).sum(1))
+        out = predict(model, batch["source"], batch["padding_mask"], seed=1)
+        return position_r2(out.target, out.mask, frames)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        utterances = ChainedClips(task.test, max(cfg.min_crop, 32_000))
+        items = [utterances[i] for i in idx]
+    batch = speech_collate(cfg, generator=torch.Generator().manual_seed(seed))(items)
+    out = predict(model, batch["source"], None, seed=1)
+    return position_r2(out.target, out.mask)
 
 
 def run_modality(spec: DemoSpec, out_dir: Path, steps_scale: float = 1.0, seed: int = 0,
