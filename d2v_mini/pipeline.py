@@ -39,6 +39,9 @@ DATASETS = {
 SENTENCE_SETS = ("sentence_polarity", "subjectivity", "movie_sentences")
 # the GPU profile's pretraining data, big enough for its steps (tests/test_profiles.py checks the epochs)
 SMALL_DATASETS = {"speech": "librispeech", "image": "fashion_mnist", "text": "wikitext-103"}
+# their items: LibriSpeech train-clean-100 utterances (openslr.org/12), Fashion-MNIST train images, and WikiText-103
+# train in blocks of 256 GPT-2 tokens (estimate: 103M words x ~1.1 BPE tokens per word / 254 tokens per block)
+SMALL_DATASET_ITEMS = {"librispeech": 28_539, "fashion_mnist": 60_000, "wikitext-103": 450_000}
 DEFAULT_PROBE = {"speech": "fsdd_digits", "image": "fashion_mnist", "text": "sentence_polarity"}
 GPT2_VOCAB = 50_265
 
@@ -138,7 +141,8 @@ def pretrain_data(cfg: Data2VecConfig, dataset: str | None = None, *, root: str 
     if cfg.modality == "speech":
         ds = {"fsdd": lambda: data.FSDD("train", root=root, sample_rate=enc.sample_rate),
               "speech_commands": lambda: data.SpeechCommands("train", root=root, sample_rate=enc.sample_rate),
-              "librispeech": lambda: data.LibriSpeech("test-clean" if _mirror_only(root) else "train-clean-100",
+              "librispeech": lambda: data.LibriSpeech("test-clean" if _mirror_only(root) and cfg.name != "small"
+                                                      else "train-clean-100",
                                                       root=root, sample_rate=enc.sample_rate)}[name]()
         collate = speech_collate(cfg)
         ds = _limit(ds, limit)
