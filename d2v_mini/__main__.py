@@ -154,9 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "per micro-batch; 0 = batch by clip count)")
     s.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    s.add_argument("--compile", action="store_true", help="torch.compile the forward")
+    s.add_argument("--compile", dest="compile", action="store_const", const=True, default="auto",
+                   help="torch.compile every Transformer block (default: on a GPU for runs of >= 1000 steps)")
+    s.add_argument("--no-compile", dest="compile", action="store_const", const=False, help="never torch.compile")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--num-workers", type=int, default=0)
+    s.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: 0 on the CPU, "
+                   "on a GPU min(8, CPU cores per GPU - 1))")
     s.add_argument("--log-every", type=int, default=10)
     s.add_argument("--ckpt-every", type=int, default=0, help="0 = only at the end")
     s.add_argument("--no-progress", action="store_true", help="no tqdm bar")
