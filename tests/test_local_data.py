@@ -111,3 +111,10 @@ def test_cli_pretrains_on_an_image_folder_with_accumulation(image_folder, tmp_pa
     assert json.loads((out / "config.json").read_text())["optim"]["accum_steps"] == 2
     assert json.loads((out / "pipeline.json").read_text())["dataset"] == str(image_folder)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_hf_names_are_parsed_not_looked_up():
+    assert local.classify("text", "hf:wikitext:wikitext-103-raw-v1") == ("hf", ("wikitext", "wikitext-103-raw-v1"))
+    assert local.classify("text", "hf:bookcorpus") == ("hf", ("bookcorpus", None))
+    with pytest.raises(ValueError, match="hf:<name>"):
+        local.classify("text", "hf:")

@@ -57,3 +57,22 @@ def test_small_notebook_runs_fit_the_t4_budget():
 def test_small_update_fits_one_t4_without_accumulation(modality):
     p = plan_run(preset(modality, "small"), gpus=1, gpu_gib=15, precision="fp16")
     assert p.fits and p.accum_steps == 1
+
+
+def test_profile_fit_plans_accumulation_on_a_gpu_and_leaves_cpu_runs_alone(monkeypatch):
+    """Notebook 03 with D2V_PROFILE=base on one 16 GiB GPU: micro-batches x accumulation, not 2,048 at once."""
+    import types
+
+    import torch
+
+    from d2v_mini.notebook import Profile
+
+    cfg = preset("image", "base")
+    kw = dict(profile="base", preset="base", scale=100, on_colab=False, seed=0)
+    assert Profile(device="cpu", **kw).fit(cfg) is cfg
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(total_memory=16 * 2 ** 30))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)  # a T4: planned for fp16
+    fitted = Profile(device="cuda", **kw).fit(cfg)
+    assert fitted.optim.batch_size == 2048 and fitted.optim.accum_steps == 16  # 16 micro-batches of 128
+    speech = Profile(device="cuda", **kw).fit(preset("speech", "base"))
+    assert speech.optim.accum_steps == speech.optim.batch_size >= 16  # token batches: every batch accumulated
