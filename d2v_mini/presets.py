@@ -22,11 +22,12 @@ notebooks' 300 tiny steps), sized with `scaling.flops_per_sample` so that one no
 SMALL_BUDGET_FLOPS: 10 minutes of a T4 at an ASSUMED sustained 20 TFLOP/s in fp16 (31% of its 65 TFLOP/s peak),
 i.e. about 3.3 minutes of an A100 at an assumed 60 TFLOP/s in bf16 (small models do not fill an A100); the rest of
 the 15 / 5 minutes is data preparation and probes. Not measured: no GPU was available when they were sized.
-| small  | model                      | one update          | train GFLOPs / sample | run (3000 updates)  | data (SMALL_DATASETS) |
-|--------|----------------------------|---------------------|-----------------------|---------------------|-----------------------|
-| speech | 8 x 512, CNN of base       | 16 crops of <= 4 s  | ~105                  | 5.0 PFLOP, ~4.2 min | LibriSpeech 100 h     |
-| image  | ViT 8 x 384, 32 px, 4 px   | 256 images          | ~7.6                  | 5.9 PFLOP, ~4.9 min | Fashion-MNIST 60k     |
-| text   | 8 x 512, GPT-2 BPE, 256 tk | 32 blocks           | ~56                   | 5.4 PFLOP, ~4.5 min | WikiText-103          |
+| small  | model                    | one update         | GFLOPs / sample  | 3000 updates      | data              |
+|--------|--------------------------|--------------------|------------------|-------------------|-------------------|
+| speech | 8 x 512, CNN of base     | 16 crops of <= 4 s | ~105             | 5.0 PF, ~4.2 min  | LibriSpeech 100 h |
+| image  | ViT 8 x 384, 32 px, 4 px | 256 images         | ~7.6             | 5.9 PF, ~4.9 min  | Fashion-MNIST     |
+| text   | 8 x 512, GPT-2 BPE       | 32 blocks of 256   | ~56              | 5.4 PF, ~4.5 min  | WikiText-103      |
+(PF = 1e15 FLOPs; minutes on the assumed T4; data: pipeline.SMALL_DATASETS.)
 EMA: tau 0.998 -> 0.999 over the run (a horizon 1 / (1 - tau) of 1000 updates, a third of the run).
 """
 from __future__ import annotations

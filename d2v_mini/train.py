@@ -202,7 +202,8 @@ def _pretrain(cfg, dataset, collate_fn, opts: TrainOptions, model, info: DistInf
     if world > 1:  # the teacher has no trainable parameter, so DDP neither syncs nor waits for it
         wrapped = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
                                           find_unused_parameters=cfg.encoder.layerdrop > 0)
-    if resolve_compile(opts.compile, dev, total - state["step"]):  # in place, block by block: the compute is there, and state_dict names stay unchanged;
+    # in place, block by block: the compute is there, and state_dict names stay unchanged;
+    if resolve_compile(opts.compile, dev, total - state["step"]):
         for enc in (model.student, model.teacher.model):  # masking (Python loops), indexing and layer drop stay eager
             for block in enc.transformer.blocks:
                 block.compile()
@@ -219,6 +220,7 @@ def _pretrain(cfg, dataset, collate_fn, opts: TrainOptions, model, info: DistInf
         min_size, max_size = collate_limits(collate_fn)
         sampler = TokenBatchSampler(dataset_sizes(dataset), o.max_tokens, max_size=max_size, min_size=min_size,
                                     info=info, group=o.batch_size, seed=opts.seed)
+
         def make_loader(n):
             return DataLoader(dataset, batch_sampler=sampler, generator=loader_gen, num_workers=n, **kw)
         loader = make_loader(workers)
@@ -228,6 +230,7 @@ def _pretrain(cfg, dataset, collate_fn, opts: TrainOptions, model, info: DistInf
                              f"smaller cfg.optim.max_tokens or batch_size")
     else:
         sampler = ShardSampler(dataset, info, opts.seed)
+
         def make_loader(n):
             return DataLoader(dataset, batch_size=micro, sampler=sampler, drop_last=True, generator=loader_gen,
                               num_workers=n, **kw)

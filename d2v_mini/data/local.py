@@ -46,7 +46,8 @@ def classify(modality: str, value: str) -> tuple[str, object]:
     if modality == "text" and value.startswith(HF_PREFIX):
         name, _, config = value[len(HF_PREFIX):].partition(":")
         if not name:
-            raise ValueError(f"--dataset {value!r}: expected hf:<name>[:<config>], e.g. hf:wikitext:wikitext-103-raw-v1")
+            raise ValueError(f"--dataset {value!r}: expected hf:<name>[:<config>], "
+                             f"e.g. hf:wikitext:wikitext-103-raw-v1")
         return "hf", (name, config or None)
     paths = _paths(value)
     missing = [str(p) for p in paths if not p.exists()]
