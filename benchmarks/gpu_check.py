@@ -129,9 +129,7 @@ class Synthetic:
     """Random inputs of a base preset's shape, made from the index (nothing stored): items dict(source)."""
 
     def __init__(self, cfg, n: int):
-        import common
-
-        self.cfg, self.n, self.common = cfg, n, common
+        self.cfg, self.n = cfg, n  # picklable (no module attributes): DataLoader workers may be spawned
         if cfg.modality == "speech":
             self.sizes = [cfg.crop] * n  # crops of 20 s: the token-batch sampler reads these
 
@@ -141,8 +139,10 @@ class Synthetic:
     def __getitem__(self, i):
         import torch
 
+        import common
+
         g = torch.Generator().manual_seed(i)
-        return {"source": self.common.make_batch(self.cfg, 1, torch.device("cpu"), generator=g)[0]}
+        return {"source": common.make_batch(self.cfg, 1, torch.device("cpu"), generator=g)[0]}
 
 
 def run_base(plan: dict, args: argparse.Namespace, out_dir: Path) -> list[dict]:

@@ -75,3 +75,10 @@ def test_synthetic_data_trains_through_the_trainer(tmp_path, modality):
     res = pretrain(cfg, ds, collate, TrainOptions(steps=1, out_dir=str(tmp_path), device="cpu", log_every=1,
                                                   progress=False, precision="fp32"))
     assert len(res.history) == 1 and res.history[0]["loss"] == res.history[0]["loss"]
+
+
+def test_synthetic_data_survives_pickling_for_spawned_workers():
+    import pickle
+
+    ds = gpu_check.Synthetic(preset("text", "tiny"), 4)
+    assert torch.equal(pickle.loads(pickle.dumps(ds))[2]["source"], ds[2]["source"])
