@@ -76,3 +76,26 @@ def test_profile_fit_plans_accumulation_on_a_gpu_and_leaves_cpu_runs_alone(monke
     assert fitted.optim.batch_size == 2048 and fitted.optim.accum_steps == 16  # 16 micro-batches of 128
     speech = Profile(device="cuda", **kw).fit(preset("speech", "base"))
     assert speech.optim.accum_steps == speech.optim.batch_size >= 16  # token batches: every batch accumulated
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_small_presets_train_a_step_on_their_input_shape(modality, tmp_path):
+    """The small configs are buildable and trainable (on the CPU here, 2 items of their full input shape)."""
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from gpu_check import Synthetic
+
+    from d2v_mini.config import override
+    from d2v_mini.train import TrainOptions, pretrain
+
+    torch.set_num_threads(1)
+    cfg = override(preset(modality, "small"), **{"optim.batch_size": 2})
+    res = pretrain(cfg, Synthetic(cfg, 2), None, TrainOptions(steps=1, out_dir=str(tmp_path), device="cpu",
+                                                              log_every=1, progress=False))
+    h = res.history[0]
+    assert h["loss"] == h["loss"] and h["loss"] > 0 and h["target_var"] > 0
+    assert res.model.teacher.num_updates == 1 and h["ema_decay"] == pytest.approx(cfg.ema.decay_start)
