@@ -152,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "per GPU and update; speech base on G GPUs: 16 / G)")
     s.add_argument("--max-tokens", type=int, default=None, help="override cfg.optim.max_tokens (speech: samples "
                    "per micro-batch; 0 = batch by clip count)")
-    s.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    s.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="autocast dtype; auto: bf16 on GPUs that have it, fp16 (+ loss scaling) on older ones, fp32 "
+                   "on the CPU")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     s.add_argument("--compile", dest="compile", action="store_const", const=True, default="auto",
                    help="torch.compile every Transformer block (default: on a GPU for runs of >= 1000 steps)")

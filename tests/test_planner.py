@@ -74,3 +74,16 @@ def test_cli_plan(capsys):
     main(["plan", "--modality", "speech", "--preset", "base", "--gpus", "4"])
     out = capsys.readouterr().out
     assert "accum_steps 4" in out and "--max-tokens 3800000" in out and "60.8M samples" in out
+
+
+def test_pretrain_options_for_scaling_up():
+    from d2v_mini.__main__ import build_parser
+
+    parse = lambda *a: build_parser().parse_args(["pretrain", "--modality", "image", *a])  # noqa: E731
+    d = parse()
+    assert (d.compile, d.num_workers, d.precision, d.accum_steps) == ("auto", None, "auto", None)
+    d = parse("--compile", "--precision", "bf16", "--accum-steps", "16", "--num-workers", "4")
+    assert (d.compile, d.precision, d.accum_steps, d.num_workers) == (True, "bf16", 16, 4)
+    assert parse("--no-compile").compile is False
+    with pytest.raises(SystemExit):
+        parse("--precision", "fp8")
