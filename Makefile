@@ -10,7 +10,7 @@ export TQDM_MININTERVAL ?= 5
 # idle OpenMP threads sleep instead of spinning (spinning starves the other process on a shared 2-core box)
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup demo test test-lib test-notebooks notebooks lab presets repoint clean
+.PHONY: setup demo test test-lib test-notebooks notebooks lab presets repoint clean gpu-check
 
 $(VENV)/.installed: requirements-lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ notebooks: setup
 	TQDM_DISABLE=1 D2V_PROFILE=tiny D2V_DATA=$(TEST_DATA) $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
 	  --ExecutePreprocessor.timeout=900 notebooks/[0-9]*.ipynb
 	$(PY) -m nbstripout --keep-output --keep-count notebooks/[0-9]*.ipynb
+
+# On a CUDA machine: the notebooks in the small profile (time-capped), a few base-preset steps per modality in
+# bf16 and the throughput with model FLOP utilisation -> runs/gpu_check.json (benchmarks/gpu_check.py;
+# `--dry-run` prints the plan without a GPU).
+gpu-check: setup
+	$(PY) benchmarks/gpu_check.py --out runs/gpu_check.json
 
 # Jupyter refuses to run as root (a common Docker setup) unless told to.
 lab: setup

@@ -5,6 +5,10 @@
     torchrun --nproc_per_node=K -m d2v_mini pretrain ...       # the same, data-parallel
     python -m d2v_mini probe --checkpoint DIR/checkpoint.pt [--task NAME] [--layer last|mean|INT]
     python -m d2v_mini demo [--out runs/demo] [--steps-scale F]  # tiny pretraining + probes, all modalities
+    python -m d2v_mini plan --modality image --preset base --gpus 8 --gpu-gib 80   # micro-batch x accumulation
+
+`--dataset` takes a named data set (d2v_mini/pipeline.py) or the paper's data (d2v_mini/data/local.py): an
+ImageNet-style folder, a fairseq manifest (.tsv) or LibriSpeech folders, .txt files or hf:<name>[:<config>].
 
 Data sets are read from $D2V_DATA (default ./data) and downloaded there when missing: from $D2V_MIRROR_URL
 if set, else from their original hosts; `--no-download` (or D2V_DOWNLOAD=never) forbids it. A data set that
@@ -39,7 +43,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         cfg = override(cfg, **{"optim.accum_steps": args.accum_steps})
     if args.max_tokens is not None:
         cfg = override(cfg, **{"optim.max_tokens": args.max_tokens})
-    dataset_name = args.dataset or default_dataset(args.modality)
+    dataset_name = args.dataset or default_dataset(args.modality, args.preset)
     dataset, collate_fn = pretrain_data(cfg, dataset_name, limit=args.limit)
     out = Path(args.out or f"runs/{args.modality}-{args.preset}")
     opts = TrainOptions(steps=args.steps, out_dir=str(out), device=args.device, precision=args.precision,
@@ -54,6 +58,14 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         print(f"{args.modality}/{args.preset} on {dataset_name}: step {last.get('step')}, loss "
               f"{last.get('loss', float('nan')):.4f}, target_var {last.get('target_var', float('nan')):.3f}, "
               f"{res.seconds:.0f} s -> {out / 'checkpoint.pt'}")
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from .planner import format_plan, plan_run
+    from .presets import preset
+
+    p = plan_run(preset(args.modality, args.preset), gpus=args.gpus, gpu_gib=args.gpu_gib, precision=args.precision)
+    print(json.dumps(p.as_dict(), indent=1) if args.json else format_plan(p))
 
 
 def _layer(value: str) -> int | str:
@@ -130,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's total_steps)")
     s.add_argument("--out", default=None, help="output folder (default runs/<modality>-<preset>)")
     s.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
-    s.add_argument("--dataset", default=None, help="pretraining data set (see d2v_mini/pipeline.py)")
+    s.add_argument("--dataset", default=None, help="a named pretraining data set (d2v_mini/pipeline.py), an "
+                   "ImageNet-style folder, a fairseq .tsv manifest, audio folders (comma-separated), .txt files "
+                   "or hf:<name>[:<config>] (d2v_mini/data/local.py)")
     s.add_argument("--limit", type=int, default=None, help="use only the first N examples / blocks")
     s.add_argument("--batch-size", type=int, default=None, help="override cfg.optim.batch_size (global batch; "
                    "with max_tokens > 0: batches per update)")
@@ -138,16 +152,30 @@ def build_parser() -> argparse.ArgumentParser:
                    "per GPU and update; speech base on G GPUs: 16 / G)")
     s.add_argument("--max-tokens", type=int, default=None, help="override cfg.optim.max_tokens (speech: samples "
                    "per micro-batch; 0 = batch by clip count)")
-    s.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    s.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"],
+                   help="autocast dtype; auto: bf16 on GPUs that have it, fp16 (+ loss scaling) on older ones, fp32 "
+                   "on the CPU")
     s.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    s.add_argument("--compile", action="store_true", help="torch.compile the forward")
+    s.add_argument("--compile", dest="compile", action="store_const", const=True, default="auto",
+                   help="torch.compile every Transformer block (default: on a GPU for runs of >= 1000 steps)")
+    s.add_argument("--no-compile", dest="compile", action="store_const", const=False, help="never torch.compile")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--num-workers", type=int, default=0)
+    s.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: 0 on the CPU, "
+                   "on a GPU min(8, CPU cores per GPU - 1))")
     s.add_argument("--log-every", type=int, default=10)
     s.add_argument("--ckpt-every", type=int, default=0, help="0 = only at the end")
     s.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     _download_flag(s)
     s.set_defaults(func=cmd_pretrain)
+
+    s = sub.add_parser("plan", help="micro-batch and accumulation that give a preset's update on G GPUs")
+    s.add_argument("--modality", required=True, choices=["speech", "image", "text"])
+    s.add_argument("--preset", default="base", choices=["tiny", "small", "base", "large", "base_paper"])
+    s.add_argument("--gpus", type=int, default=1, help="number of GPUs (all nodes)")
+    s.add_argument("--gpu-gib", type=float, default=80.0, help="memory of one GPU in GiB")
+    s.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("probe", help="linear probe of a checkpoint's encoder vs a random-init encoder")
     s.add_argument("--checkpoint", required=True, help="checkpoint.pt written by pretrain (or its folder)")

@@ -33,8 +33,9 @@ COLAB_PACKAGES = {"einops": "einops>=0.7", "soundfile": "soundfile>=0.12", "toke
 RELEASED_BASE = {"speech": "facebook/data2vec-audio-base", "image": "facebook/data2vec-vision-base",
                  "text": "facebook/data2vec-text-base"}
 PROFILES = ("tiny", "small", "base")
-# How much longer than the tiny profile a profile trains (steps) and how much more data it uses.
-SCALE = {"tiny": 1, "small": 20, "base": 100}
+# How much longer than the tiny profile a profile trains (steps) and how much more data it uses; the small
+# presets are sized for 10 x 300 steps (presets.SMALL_STEPS, the budget in presets.py's docstring).
+SCALE = {"tiny": 1, "small": 10, "base": 100}
 
 
 @dataclass
@@ -48,6 +49,17 @@ class Profile:
 
     def steps(self, tiny_steps: int) -> int:
         return tiny_steps * self.scale
+
+    def fit(self, cfg):
+        """cfg with the accumulation (and speech token budget) that fits its update on this GPU
+        (`planner.fit_to_gpu`; base on one GPU: micro-batches instead of 2,048 ViT-B images at once);
+        unchanged on the CPU."""
+        if self.device != "cuda":
+            return cfg
+        from .planner import fit_to_gpu
+
+        gib = torch.cuda.get_device_properties(0).total_memory / 1024 ** 3
+        return fit_to_gpu(cfg, gib, gpus=1, precision="bf16" if torch.cuda.is_bf16_supported() else "fp16")
 
     def __str__(self) -> str:
         where = "Colab" if self.on_colab else "local"

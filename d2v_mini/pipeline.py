@@ -10,6 +10,10 @@
 | text     | tiny-shakespeare train, blocks of cfg.crop  | sentence_polarity | wikitext-2, wikitext-103,        |
 |          |                                             |                   | sentence_polarity, subjectivity  |
 
+Besides these names, `dataset` takes the paper's data (`data/local.py`): an ImageNet-style folder, a fairseq
+manifest (.tsv) or LibriSpeech folders, local .txt files or `hf:<name>[:<config>]` (Hugging Face, streamed).
+The `small` presets (the GPU profile) pretrain on larger sets than the tiny ones: `SMALL_DATASETS`.
+
 Text: an encoder with RoBERTa's 50,265-token table reads GPT-2's BPE; any other `vocab_size` (the tiny
 preset's 2,048) gets a byte-level BPE of exactly that size trained on the pretraining corpus (cached).
 Pretraining only sees the train split of its data set; the probes use their own held-out test split.
@@ -18,6 +22,7 @@ task's train split (in-domain text, one sentence per item): the test sentences a
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Callable
 
@@ -32,14 +37,20 @@ DATASETS = {
 }
 # the probe tasks' train sentences, labels dropped; "movie_sentences" = both tasks' train sentences
 SENTENCE_SETS = ("sentence_polarity", "subjectivity", "movie_sentences")
+# the GPU profile's pretraining data, big enough for its steps (tests/test_profiles.py checks the epochs)
+SMALL_DATASETS = {"speech": "librispeech", "image": "fashion_mnist", "text": "wikitext-103"}
+# their items: LibriSpeech train-clean-100 utterances (openslr.org/12), Fashion-MNIST train images, and WikiText-103
+# train in blocks of 256 GPT-2 tokens (estimate: 103M words x ~1.1 BPE tokens per word / 254 tokens per block)
+SMALL_DATASET_ITEMS = {"librispeech": 28_539, "fashion_mnist": 60_000, "wikitext-103": 450_000}
 DEFAULT_PROBE = {"speech": "fsdd_digits", "image": "fashion_mnist", "text": "sentence_polarity"}
 GPT2_VOCAB = 50_265
 
 
-def default_dataset(modality: str) -> str:
-    """The pretraining data set of a modality (the first of DATASETS[modality])."""
+def default_dataset(modality: str, preset: str | None = None) -> str:
+    """The pretraining data set of a modality (the first of DATASETS[modality]); for the `small`
+    preset SMALL_DATASETS[modality]."""
     _check_modality(modality)
-    return DATASETS[modality][0]
+    return SMALL_DATASETS[modality] if preset == "small" else DATASETS[modality][0]
 
 
 def default_probe(modality: str) -> str:
@@ -82,9 +93,16 @@ def tokenizer_for(cfg: Data2VecConfig, dataset: str | None = None, *, root: str 
     if enc.vocab_size == GPT2_VOCAB:
         tok = Tokenizer.gpt2(root)
     else:
-        name = dataset or default_dataset("text")
-        text = "\n".join(_train_sentences(name, root)) if name in SENTENCE_SETS else read_corpus(name, "train", root)
-        tok = Tokenizer.train(text, enc.vocab_size, name=f"{name}-train")
+        name = dataset or default_dataset("text", cfg.name)
+        key = name
+        if name in SENTENCE_SETS:
+            text = "\n".join(_train_sentences(name, root))
+        elif name in DATASETS["text"]:
+            text = read_corpus(name, "train", root)
+        else:  # local files or hf:<name>: train on (the first 50 MB of) their text, cached by its hash
+            text = _local_text(name, max_chars=50_000_000)
+            key = "local-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+        tok = Tokenizer.train(text, enc.vocab_size, name=f"{key}-train")
     check_tokenizer(tok, cfg)
     return tok
 
@@ -115,16 +133,16 @@ def pretrain_data(cfg: Data2VecConfig, dataset: str | None = None, *, root: str 
     `limit` keeps the first `limit` items (examples, images or blocks)."""
     from . import data
 
-    name = dataset or default_dataset(cfg.modality)
+    name = dataset or default_dataset(cfg.modality, cfg.name)
     if name not in DATASETS[cfg.modality]:
-        raise ValueError(f"unknown {cfg.modality} pretraining data set {name!r}: expected one of "
-                         f"{DATASETS[cfg.modality]}")
+        return _local_data(cfg, name, root=root, limit=limit)
     enc = cfg.encoder
 
     if cfg.modality == "speech":
         ds = {"fsdd": lambda: data.FSDD("train", root=root, sample_rate=enc.sample_rate),
               "speech_commands": lambda: data.SpeechCommands("train", root=root, sample_rate=enc.sample_rate),
-              "librispeech": lambda: data.LibriSpeech("test-clean" if _mirror_only(root) else "train-clean-100",
+              "librispeech": lambda: data.LibriSpeech("test-clean" if _mirror_only(root) and cfg.name != "small"
+                                                      else "train-clean-100",
                                                       root=root, sample_rate=enc.sample_rate)}[name]()
         collate = speech_collate(cfg)
         ds = _limit(ds, limit)
@@ -168,6 +186,56 @@ def speech_collate(cfg: Data2VecConfig, generator=None):
     return AudioCollator(max_samples=crop, min_samples=min_samples, pad=cfg.pad_batches, generator=generator)
 
 
+def _local_data(cfg: Data2VecConfig, name: str, *, root=None, limit: int | None = None) -> tuple[Dataset, Callable]:
+    """`pretrain_data` for a `--dataset` that is a path or hf:<name> (see data/local.py)."""
+    from . import data
+    from .data import local
+
+    try:
+        kind, where = local.classify(cfg.modality, name)
+    except ValueError as e:
+        raise ValueError(f"unknown {cfg.modality} pretraining data set {name!r}: expected one of "
+                         f"{DATASETS[cfg.modality]} or a path. {e}") from None
+    enc = cfg.encoder
+    if kind == "image_folder":
+        transform = data.pretrain_transform(enc.image_size, channels=enc.in_chans)
+        return data.ImageFolderDataset(where, transform=transform, limit=limit), SourceOnly(default_collate)
+    if kind in ("manifest", "audio_folders"):
+        ds = (local.AudioManifest(where, sample_rate=enc.sample_rate) if kind == "manifest"
+              else local.AudioFolder(where, sample_rate=enc.sample_rate))
+        collate = speech_collate(cfg)
+        ds = _limit(ds, limit)
+        if cfg.short_clips == "chain":
+            ds = data.ChainedClips(ds, collate.min_samples)
+        return ds, SourceOnly(collate)
+    tok = tokenizer_for(cfg, name, root=root)
+    block = cfg.crop or 512
+    if block > enc.max_positions - enc.pad_idx - 1:
+        raise ValueError(f"cfg.crop = {block} tokens per block, but the encoder has only "
+                         f"{enc.max_positions - enc.pad_idx - 1} positions")
+    if kind == "hf":  # streamed: only the first `limit` blocks are read (all of it without a limit)
+        blocks = local.pack_blocks(local.hf_rows(*where), tok, block, max_blocks=limit)
+    else:
+        blocks = _limit(local.pack_blocks([local.local_text(where)], tok, block), limit)
+    return blocks, SourceOnly(data.TextCollator(tok.pad_id))
+
+
+def _local_text(name: str, max_chars: int) -> str:
+    """The text of local .txt files or the first `max_chars` characters of hf:<name> (tokenizer training)."""
+    from .data import local
+
+    kind, where = local.classify("text", name)
+    if kind == "text_files":
+        return local.local_text(where)[:max_chars]
+    out, n = [], 0
+    for row in local.hf_rows(*where):
+        out.append(row)
+        n += len(row)
+        if n >= max_chars:
+            break
+    return "".join(out)
+
+
 def _train_sentences(task: str, root) -> list[str]:
     """The sentences of a sentence task's train split (the probe's split), without their labels;
     "movie_sentences": those of sentence_polarity and of subjectivity, interleaved."""
@@ -192,7 +260,7 @@ def _mirror_only(root) -> bool:
 def run_info(cfg: Data2VecConfig, dataset: str | None = None, *, root: str | Path | None = None) -> dict:
     """What a run's pipeline.json records so that `probe` can rebuild the same pipeline: modality,
     preset, pretraining data set and (text) the tokenizer's fingerprint."""
-    name = dataset or default_dataset(cfg.modality)
+    name = dataset or default_dataset(cfg.modality, cfg.name)
     info = dict(modality=cfg.modality, preset=cfg.name, dataset=name)
     if cfg.modality == "text":
         info["tokenizer"] = tokenizer_for(cfg, name, root=root).fingerprint

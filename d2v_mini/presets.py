@@ -16,11 +16,24 @@ What one optimizer update holds (`batching.describe_update`, the `update` column
 | base, large   | by samples: max_tokens 3.8M  | 16 batches of <= 3.8M samples = 60.8M samples (63.3 min of     |
 |               | per batch, batch_size 16     | 16 kHz audio): fairseq's 16 GPUs x 1 batch; with G GPUs set    |
 |               | batches per update           | accum_steps = 16 / G (one GPU: 16)                             |
-| small         | by clips: batch_size 32      | 32 clips cropped to <= 5 s: at most 2.56M samples (2.7 min)    |
+| small         | by clips: batch_size 16      | 16 clips cropped to <= 4 s: at most 1.02M samples (1.1 min)    |
 | tiny          | by clips: batch_size 16      | 16 clips cropped to <= 1 s: at most 256k samples (0.3 min)     |
 The pretraining collator crops each batch to its shortest clip, so a batch never holds more than its budget.
 
     cfg = preset("speech", "base");  model = Data2Vec(cfg)
+
+The `small` presets are the GPU profile of the notebooks: SMALL_STEPS updates (= notebook.SCALE["small"] x the
+notebooks' 300 tiny steps), sized with `scaling.flops_per_sample` so that one notebook's pretraining costs at most
+SMALL_BUDGET_FLOPS: 10 minutes of a T4 at an ASSUMED sustained 20 TFLOP/s in fp16 (31% of its 65 TFLOP/s peak),
+i.e. about 3.3 minutes of an A100 at an assumed 60 TFLOP/s in bf16 (small models do not fill an A100); the rest of
+the 15 / 5 minutes is data preparation and probes. Not measured: no GPU was available when they were sized.
+| small  | model                    | one update         | GFLOPs / sample  | 3000 updates      | data              |
+|--------|--------------------------|--------------------|------------------|-------------------|-------------------|
+| speech | 8 x 512, CNN of base     | 16 crops of <= 4 s | ~105             | 5.0 PF, ~4.2 min  | LibriSpeech 100 h |
+| image  | ViT 8 x 384, 32 px, 4 px | 256 images         | ~7.6             | 5.9 PF, ~4.9 min  | Fashion-MNIST     |
+| text   | 8 x 512, GPT-2 BPE       | 32 blocks of 256   | ~56              | 5.4 PF, ~4.5 min  | WikiText-103      |
+(PF = 1e15 FLOPs; minutes on the assumed T4; data: pipeline.SMALL_DATASETS.)
+EMA: tau 0.998 -> 0.999 over the run (a horizon 1 / (1 - tau) of 1000 updates, a third of the run).
 """
 from __future__ import annotations
 
@@ -30,6 +43,9 @@ from .config import (Data2VecConfig, EMAConfig, GuardConfig, ImageConfig, LossCo
                      SpeechConfig, TargetConfig, TextConfig)
 
 IMAGENET_TRAIN = 1_281_167
+SMALL_STEPS = 3000  # the GPU profile's run (notebook.SCALE["small"] x 300)
+SMALL_BUDGET_FLOPS = 20e12 * 600  # 10 min of a T4 at an assumed sustained 20 TFLOP/s (fp16)
+SMALL_EMA = EMAConfig(decay_start=0.998, decay_end=0.999, anneal_steps=SMALL_STEPS)
 NO_GUARD = GuardConfig(min_target_var=0.0, min_pred_var=0.0)  # no collapse check (no preset uses it)
 
 # Collapse guard (train.py stops with CollapseError): every preset has one. target_var / pred_var are fairseq's
@@ -77,11 +93,14 @@ def speech_large() -> Data2VecConfig:
 
 
 def speech_small() -> Data2VecConfig:
+    """The GPU profile (see the module docstring): LibriSpeech train-clean-100, 4-s crops."""
     c = speech_base()
     return replace(c, name="small", encoder=SpeechConfig(dim=512, depth=8, heads=8, ffn_dim=2048, layerdrop=0.0),
-                   targets=replace(c.targets, top_k=6), crop=16_000 * 5, short_clips="chain",
-                   # one update: 32 clips of <= 5 s (batched by clip count), at most 2.56M samples
-                   optim=replace(c.optim, total_steps=50_000, warmup_steps=1500, batch_size=32, max_tokens=0))
+                   targets=replace(c.targets, top_k=6), crop=16_000 * 4, short_clips="chain",
+                   ema=replace(c.ema, **_small_ema()),
+                   # one update: 16 clips of <= 4 s (batched by clip count), at most 1.02M samples
+                   optim=replace(c.optim, total_steps=SMALL_STEPS, warmup_steps=90, batch_size=16, max_tokens=0),
+                   guard=replace(c.guard, after_steps=1000))
 
 
 def speech_tiny() -> Data2VecConfig:
@@ -143,11 +162,15 @@ def image_large() -> Data2VecConfig:
 
 
 def image_small() -> Data2VecConfig:
+    """The GPU profile (see the module docstring): a ViT of width 384 on 32 x 32 images (Fashion-MNIST padded,
+    CIFAR-10), 4 x 4 patches, with the tiny preset's short-run choices (absolute positions, layer scale 0.1)."""
     c = image_base()
-    enc = replace(c.encoder, dim=384, depth=12, heads=6, ffn_dim=1536, image_size=224, drop_path=0.1)
-    return replace(c, name="small", encoder=enc,
-                   optim=replace(c.optim, lr=1.5e-3, batch_size=256, warmup_steps=_epochs(10, 256, 100_000),
-                                 total_steps=_epochs(200, 256, 100_000)))
+    enc = replace(c.encoder, dim=384, depth=8, heads=6, ffn_dim=1536, image_size=32, patch_size=4,
+                  layer_scale_init=0.1, drop_path=0.1, attn_dropout=0.0, abs_pos_emb=True)
+    return replace(c, name="small", encoder=enc, masking=replace(c.masking, num_patches=38, min_block=4),
+                   targets=replace(c.targets, top_k=4), ema=replace(c.ema, **_small_ema()),
+                   optim=replace(c.optim, lr=1.5e-3, batch_size=256, warmup_steps=200, total_steps=SMALL_STEPS,
+                                 min_lr_ratio=0.01))
 
 
 def image_tiny() -> Data2VecConfig:
@@ -205,10 +228,15 @@ def text_large() -> Data2VecConfig:
 
 
 def text_small() -> Data2VecConfig:
+    """The GPU profile (see the module docstring): WikiText-103 in GPT-2's BPE, blocks of 256 tokens."""
     c = text_base()
     return replace(c, name="small", encoder=TextConfig(dim=512, depth=8, heads=8, ffn_dim=2048, max_positions=258),
-                   targets=replace(c.targets, top_k=6), crop=256,
-                   optim=replace(c.optim, lr=5e-4, batch_size=64, warmup_steps=2000, total_steps=100_000))
+                   targets=replace(c.targets, top_k=6), crop=256, ema=replace(c.ema, **_small_ema()),
+                   optim=replace(c.optim, lr=5e-4, batch_size=32, warmup_steps=300, total_steps=SMALL_STEPS))
+
+
+def _small_ema() -> dict:
+    return dict(decay_start=SMALL_EMA.decay_start, decay_end=SMALL_EMA.decay_end, anneal_steps=SMALL_EMA.anneal_steps)
 
 
 def text_tiny() -> Data2VecConfig:

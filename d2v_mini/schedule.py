@@ -66,10 +66,23 @@ def param_groups(model: nn.Module, weight_decay: float, rule: str = "released",
             {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with the recipe's lr, betas, eps and weight decay (decoupled, like fairseq's Adam)."""
+def build_optimizer(model: nn.Module, cfg: OptimConfig, fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW with the recipe's lr, betas, eps and weight decay (decoupled, like fairseq's Adam).
+
+    fused: torch's fused kernel (one launch per step for all parameters); None = when every trainable
+    parameter is on a GPU. Where the fused kernel is refused (device, dtype, torch build), the default
+    (foreach) implementation is used: the same update."""
     groups = param_groups(model, cfg.weight_decay, cfg.decay_groups)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    kw = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    params = [p for g in groups for p in g["params"]]
+    if fused is None:
+        fused = bool(params) and all(p.is_cuda for p in params)
+    if fused:
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kw)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return torch.optim.AdamW(groups, **kw)
 
 
 def lr_factor(step: int, cfg: OptimConfig, total_steps: int | None = None) -> float:

@@ -28,6 +28,12 @@ GradScaler and every rank's RNG states (torch, CUDA, python, numpy, mask generat
 the consumed batches and continues exactly (bit-exact with num_workers=0; with workers, data-side
 randomness is only reseeded per epoch).
 
+On a GPU (each with a fallback): DataLoader workers with pinned memory (`num_workers=None`: auto, 0 on the
+CPU; workers that die are replaced by loading in the main process), bf16 autocast (fp16 + GradScaler without
+bf16), fused AdamW (`schedule.build_optimizer`; the default kernel where unsupported), and `compile="auto"`:
+every Transformer block through torch.compile for runs of >= COMPILE_MIN_STEPS steps when Triton is there
+(compile errors fall back to eager: torch._dynamo's suppress_errors).
+
 Schedules span cfg.optim.total_steps whatever `steps` is: a run of fewer steps is a prefix of the full
 run, and `resume=True` with a larger `steps` continues it. Only rank 0 writes files and shows tqdm.
 """
@@ -64,9 +70,9 @@ class TrainOptions:
     resume: bool = False  # continue from out_dir/checkpoint.pt if present
     log_every: int = 10  # a metrics line (means over the window) and the checks every N steps
     ckpt_every: int = 0  # 0 = only at the end
-    compile: bool = False  # torch.compile every Transformer block (student and teacher)
+    compile: bool | str = "auto"  # torch.compile every Transformer block; "auto": on CUDA, long runs (resolve_compile)
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int | None = None  # DataLoader workers; None = auto (resolve_workers: 0 on CPU)
     progress: bool = True
 
 
@@ -97,6 +103,35 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("this GPU has no bf16 support: use precision='fp16' (with a GradScaler) or 'fp32'")
     return precision
+
+
+COMPILE_MIN_STEPS = 1000  # compiling a block costs seconds to a minute: worth it for longer runs only
+
+
+def resolve_workers(num_workers: int | None, device: torch.device, world: int = 1) -> int:
+    """DataLoader workers: `num_workers` if given; None = 0 on the CPU (the small sets load fastest in the
+    main process, and the cores train), on CUDA min(8, CPU cores per rank - 1) (224-px augmentation and
+    audio decoding would starve the GPU)."""
+    if num_workers is not None:
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0 or None (auto), got {num_workers}")
+        return num_workers
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores // max(world, 1) - 1))
+
+
+def resolve_compile(compile: bool | str, device: torch.device, steps: int) -> bool:
+    """Whether to torch.compile the blocks: True / False as given; "auto" = on CUDA with Triton installed,
+    for runs of at least COMPILE_MIN_STEPS steps."""
+    if compile == "auto":
+        import importlib.util
+
+        return device.type == "cuda" and steps >= COMPILE_MIN_STEPS and importlib.util.find_spec("triton") is not None
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be True, False or 'auto', got {compile!r}")
+    return compile
 
 
 def pretrain(cfg: Data2VecConfig, dataset, collate_fn=None, opts: TrainOptions | None = None,
@@ -145,7 +180,10 @@ def _pretrain(cfg, dataset, collate_fn, opts: TrainOptions, model, info: DistInf
     if opts.resume and ckpt_path.exists():
         ck = _read(ckpt_path)
         model.load_state_dict(ck["model"])
+        kernels = [(g.get("fused"), g.get("foreach")) for g in optimizer.param_groups]
         optimizer.load_state_dict(ck["optimizer"])
+        for g, (fused, foreach) in zip(optimizer.param_groups, kernels):  # this device's kernels, not the saved ones
+            g["fused"], g["foreach"] = fused, foreach
         scheduler.load_state_dict(ck["scheduler"])
         if scaler.is_enabled() and ck["scaler"]:
             scaler.load_state_dict(ck["scaler"])
@@ -164,40 +202,59 @@ def _pretrain(cfg, dataset, collate_fn, opts: TrainOptions, model, info: DistInf
     if world > 1:  # the teacher has no trainable parameter, so DDP neither syncs nor waits for it
         wrapped = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
                                           find_unused_parameters=cfg.encoder.layerdrop > 0)
-    if opts.compile:  # in place, block by block: the compute is there, and state_dict names stay unchanged;
+    # in place, block by block: the compute is there, and state_dict names stay unchanged;
+    if resolve_compile(opts.compile, dev, total - state["step"]):
         for enc in (model.student, model.teacher.model):  # masking (Python loops), indexing and layer drop stay eager
             for block in enc.transformer.blocks:
                 block.compile()
+        import torch._dynamo as dynamo
+
+        dynamo.config.suppress_errors = True  # a block that fails to compile runs eagerly
     amp = torch.autocast(dev.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
                          enabled=precision != "fp32")
     params = [p for g in optimizer.param_groups for p in g["params"]]
 
-    loader_gen, kw = torch.Generator(), dict(collate_fn=collate_fn, num_workers=opts.num_workers,
-                                             pin_memory=dev.type == "cuda")
+    loader_gen, kw = torch.Generator(), dict(collate_fn=collate_fn, pin_memory=dev.type == "cuda")
+    workers = resolve_workers(opts.num_workers, dev, world)
     if o.max_tokens > 0:  # the sampler's items are whole batches: state["sample"] counts batches
         min_size, max_size = collate_limits(collate_fn)
         sampler = TokenBatchSampler(dataset_sizes(dataset), o.max_tokens, max_size=max_size, min_size=min_size,
                                     info=info, group=o.batch_size, seed=opts.seed)
-        loader = DataLoader(dataset, batch_sampler=sampler, generator=loader_gen, **kw)
+
+        def make_loader(n):
+            return DataLoader(dataset, batch_sampler=sampler, generator=loader_gen, num_workers=n, **kw)
+        loader = make_loader(workers)
         if len(loader) == 0:
             raise ValueError(f"the data set's {len(sampler.keep)} clips of >= {min_size} samples make fewer than "
                              f"one update of {o.batch_size} batches of <= {o.max_tokens} samples: use more data, a "
                              f"smaller cfg.optim.max_tokens or batch_size")
     else:
         sampler = ShardSampler(dataset, info, opts.seed)
-        loader = DataLoader(dataset, batch_size=micro, sampler=sampler, drop_last=True, generator=loader_gen, **kw)
+
+        def make_loader(n):
+            return DataLoader(dataset, batch_size=micro, sampler=sampler, drop_last=True, generator=loader_gen,
+                              num_workers=n, **kw)
+        loader = make_loader(workers)
     if len(loader) == 0:
         raise ValueError(f"the data set has {len(dataset)} items: too few for one micro-batch of {micro} per rank "
                          f"({world} ranks); use more data or a smaller cfg.optim.batch_size")
 
     def batches():  # endless; `state` always says where the next batch comes from
+        nonlocal loader
         while True:
             sampler.set_epoch(state["epoch"])
             sampler.skip = state["sample"] // world  # the same global batches for any world size
             loader_gen.manual_seed(opts.seed * 100_003 + state["epoch"])  # worker seeds: a function of the epoch
-            for b in loader:
-                state["sample"] += micro * world
-                yield b
+            try:
+                for b in loader:
+                    state["sample"] += micro * world
+                    yield b
+            except RuntimeError as e:  # e.g. a worker killed (too little shared memory): load in this process
+                if loader.num_workers == 0 or "DataLoader worker" not in str(e):
+                    raise
+                tqdm.write(f"DataLoader workers failed ({str(e).splitlines()[0]}); loading in the main process")
+                loader = make_loader(0)
+                continue
             state["epoch"], state["sample"] = state["epoch"] + 1, 0
 
     history, pending, base_seconds = [], [], state["seconds"]  # training time of earlier (resumed) calls
