@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from d2v_mini.presets import preset
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -69,8 +71,10 @@ def test_bench_throughput_quick(tmp_path):
     for r in result["rows"]:
         assert math.isfinite(r["loss"]) and r["loss"] > 0
         assert math.isclose(r["samples_per_s"] * r["step_ms"] / 1e3, r["batch"])  # samples/s = B / step time
-        if r["modality"] == "speech":  # tiny crops are 1 s of 16 kHz audio
-            assert r["input"] == "16000" and math.isclose(r["audio_s_per_s"], r["samples_per_s"])
+        if r["modality"] == "speech":  # a tiny crop holds crop / 16 kHz seconds of audio
+            crop = preset("speech", "tiny").crop
+            assert r["input"] == str(crop)
+            assert math.isclose(r["audio_s_per_s"], r["samples_per_s"] * crop / 16_000)
         if r["modality"] == "text":  # 64-token blocks
             assert math.isclose(r["tokens_per_s"], 64 * r["samples_per_s"])
 

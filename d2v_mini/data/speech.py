@@ -278,6 +278,16 @@ class ChainedClips(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    @property
+    def sizes(self):
+        """Samples per item, int [N], for token-budget batches (batching.py): max(own clip, min_samples),
+        a lower bound of the chained length (exact once cropped to a crop <= min_samples)."""
+        import numpy as np
+
+        from ..batching import dataset_sizes
+
+        return np.maximum(dataset_sizes(self.dataset), self.min_samples)
+
     def __getitem__(self, i: int) -> dict:
         parts = [self.dataset[i]["source"]]
         while sum(len(p) for p in parts) < self.min_samples and len(parts) < self.max_clips:
