@@ -6,7 +6,7 @@
 | modality | pretraining (default)                       | probe (default)   | other pretraining sets           |
 |----------|---------------------------------------------|-------------------|----------------------------------|
 | speech   | FSDD train split, 16 kHz, crops of cfg.crop | fsdd_digits       | speech_commands, librispeech     |
-| image    | Fashion-MNIST train, cfg.encoder.image_size | fashion_mnist     | cifar10                          |
+| image    | Fashion-MNIST train, cfg.encoder.image_size | fashion_mnist     | cifar10, fashion_mnist+cifar10   |
 | text     | tiny-shakespeare train, blocks of cfg.crop  | sentence_polarity | wikitext-2, wikitext-103,        |
 |          |                                             |                   | sentence_polarity, subjectivity  |
 
@@ -26,13 +26,13 @@ import hashlib
 from pathlib import Path
 from typing import Callable
 
-from torch.utils.data import Dataset, Subset, default_collate
+from torch.utils.data import ConcatDataset, Dataset, Subset, default_collate
 
 from .config import Data2VecConfig
 
 DATASETS = {
     "speech": ("fsdd", "speech_commands", "librispeech"),
-    "image": ("fashion_mnist", "cifar10"),
+    "image": ("fashion_mnist", "cifar10", "fashion_mnist+cifar10"),
     "text": ("tinyshakespeare", "wikitext-2", "wikitext-103", "sentence_polarity", "subjectivity", "movie_sentences"),
 }
 # the probe tasks' train sentences, labels dropped; "movie_sentences" = both tasks' train sentences
@@ -152,8 +152,10 @@ def pretrain_data(cfg: Data2VecConfig, dataset: str | None = None, *, root: str 
 
     if cfg.modality == "image":
         transform = data.pretrain_transform(enc.image_size, channels=enc.in_chans)
-        cls = {"fashion_mnist": data.FashionMNIST, "cifar10": data.CIFAR10}[name]
-        return cls("train", root=root, transform=transform, limit=limit), SourceOnly(default_collate)
+        classes = {"fashion_mnist": data.FashionMNIST, "cifar10": data.CIFAR10}
+        parts = [classes[n]("train", root=root, transform=transform, limit=limit) for n in name.split("+")]
+        # "fashion_mnist+cifar10": both train splits, unlabelled, every image at the encoder's size / channels
+        return (parts[0] if len(parts) == 1 else ConcatDataset(parts)), SourceOnly(default_collate)
 
     tok = tokenizer_for(cfg, name, root=root)
     block = cfg.crop or 512
