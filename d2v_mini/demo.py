@@ -76,7 +76,8 @@ def run_modality(spec: DemoSpec, out_dir: Path, steps_scale: float = 1.0, seed: 
     dataset, collate_fn = pretrain_data(cfg, name)
     run_dir = out_dir / spec.modality
     t0 = time.perf_counter()
-    res = pretrain(cfg, dataset, collate_fn, TrainOptions(steps=steps, out_dir=str(run_dir), log_every=10, seed=seed))
+    res = pretrain(cfg, dataset, collate_fn, TrainOptions(steps=steps, out_dir=str(run_dir), log_every=10, seed=seed,
+                                                          pipeline=run_info(cfg, name, with_tokenizer=True)))
     train_seconds = time.perf_counter() - t0
     (run_dir / "pipeline.json").write_text(json.dumps(run_info(cfg, name), indent=1))
 
@@ -138,6 +139,9 @@ def run_demo(out_dir: str | Path = "runs/demo", steps_scale: float = 1.0,
     threads: torch CPU threads. Default 1 unless OMP_NUM_THREADS is set: these models are too small to
     gain much from a second thread, and two threads slow down several-fold as soon as anything else
     runs on the machine (measured: 0.17 s/step with 1 thread, 1.3 s/step with 2, on a busy 2-core box)."""
+    if not (steps_scale > 0 and random_inits >= 1) or set(modalities) - set(SPECS):
+        raise ValueError(f"need steps_scale > 0, random_inits >= 1 and modalities from {list(SPECS)}, got "
+                         f"{steps_scale}, {random_inits} and {list(modalities)}")
     if threads is None and "OMP_NUM_THREADS" not in os.environ:
         threads = 1
     if threads:

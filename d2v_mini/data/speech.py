@@ -22,6 +22,7 @@ import torchaudio.functional as AF
 from einops import reduce
 from torch.utils.data import Dataset
 
+from ..errors import DataFileError
 from . import DatasetNotFoundError, atomic_dir, data_root, download_file, require
 
 
@@ -30,8 +31,17 @@ def load_audio(path: str | Path | BinaryIO, sample_rate: int | None = 16_000) ->
 
     Multichannel audio is downmixed to mono by averaging the channels. If the file's rate differs
     from `sample_rate`, it is resampled with `torchaudio.functional.resample` (None: keep the rate).
+    A file that cannot be decoded raises DataFileError naming it (a missing one FileNotFoundError).
     """
-    wav, rate = sf.read(path, dtype="float32", always_2d=True)  # [N, C]
+    if isinstance(path, (str, Path)) and not Path(path).exists():
+        raise FileNotFoundError(f"audio file {path} does not exist")
+    try:
+        wav, rate = sf.read(path, dtype="float32", always_2d=True)  # [N, C]
+    except (RuntimeError, OSError, ValueError, EOFError) as e:  # soundfile.LibsndfileError is a RuntimeError
+        name = path if isinstance(path, (str, Path)) else getattr(path, "name", "an in-memory audio file")
+        raise DataFileError(f"cannot decode audio file {name} ({str(e).strip() or type(e).__name__}): the file is "
+                            f"corrupted or not WAV/FLAC; replace it, or pass --skip-bad-files (SkipBadItems) "
+                            f"to skip unreadable files") from None
     wav = reduce(torch.from_numpy(wav), "n c -> n", "mean")
     if sample_rate is not None and rate != sample_rate:
         wav = AF.resample(wav, orig_freq=rate, new_freq=sample_rate)
@@ -82,7 +92,14 @@ class FSDD(_AudioFiles):
             self._download(folder)
         require(folder, "FSDD (free spoken digit dataset)", f"Online: FSDD(download=True) fetches {self.URL}")
         files = sorted(folder.glob("*.wav"))
+        if not files:
+            raise DataFileError(f"{folder} holds no .wav file: expected FSDD's {{digit}}_{{speaker}}_{{take}}.wav "
+                                f"recordings there")
         meta = [p.stem.split("_") for p in files]  # [digit, speaker, take]
+        odd = [p.name for p, m in zip(files, meta) if len(m) != 3 or not (m[0].isdigit() and m[2].isdigit())]
+        if odd:
+            raise DataFileError(f"{folder}: {len(odd)} file name(s) not of the form {{digit}}_{{speaker}}_{{take}}.wav, "
+                                f"e.g. {odd[0]}: move them out of the recordings folder")
         self.speakers = sorted({speaker for _, speaker, _ in meta})
         chosen = [(p, m) for p, m in zip(files, meta) if split == "all" or (int(m[2]) < 5) == (split == "test")]
         super().__init__([p for p, _ in chosen], sample_rate, normalize)
