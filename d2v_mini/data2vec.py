@@ -127,7 +127,7 @@ class Data2Vec(nn.Module):
 
     def check_inputs(self, source, padding_mask=None) -> tuple[Tensor, Tensor | None]:
         """inputs.check_source for this model: raises InputError, casts floats to the weights' dtype."""
-        dtype = self.head.net[0].weight.dtype if isinstance(self.head.net, nn.Sequential) else self.head.net.weight.dtype
+        dtype = next(self.head.parameters()).dtype
         return check_source(self.cfg.modality, source, padding_mask, dtype,
                             pad_idx=self.cfg.encoder.pad_idx if self.cfg.modality == "text" else None)
 

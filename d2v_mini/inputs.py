@@ -62,8 +62,9 @@ def check_source(modality: str, source, padding_mask=None, dtype: torch.dtype = 
         if source.ndim != 2:
             raise InputError(f"text source must be token ids, an integer tensor [B, T], got {_got(source)}")
     if source.shape[0] == 0:
-        raise InputError(f"empty batch: {modality} source has shape {tuple(source.shape)} (B = 0); "
-                         f"was every item filtered out (e.g. clips shorter than the minimum)?")
+        why = " (AudioCollator drops clips shorter than the conv front end's minimum)" if modality == "speech" else ""
+        raise InputError(f"empty batch: {modality} source has shape {tuple(source.shape)} (B = 0): pass at least "
+                         f"one example; was every item filtered out{why}?")
 
     if modality == "text":
         if source.is_floating_point() or source.is_complex() or source.dtype == torch.bool:
