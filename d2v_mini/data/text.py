@@ -62,7 +62,10 @@ class Tokenizer:
                 download_file(f"https://huggingface.co/openai-community/gpt2/resolve/main/{name}", folder / name)
             require(folder / name, "GPT-2 BPE tokenizer")
         backend = ByteLevelBPETokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-        assert backend.get_vocab_size() == 50257, f"{folder} does not hold GPT-2's 50,257 tokens"
+        if backend.get_vocab_size() != 50257:
+            from ..errors import DataFileError
+            raise DataFileError(f"{folder} does not hold GPT-2's 50,257-token BPE (vocab.json has "
+                                f"{backend.get_vocab_size()}): restore GPT-2's vocab.json and merges.txt there")
         _GPT2[folder.resolve()] = cls(backend, "gpt2", offset=4, vocab_size=50265)
         return _GPT2[folder.resolve()]
 
