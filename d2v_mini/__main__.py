@@ -126,7 +126,8 @@ def _pipeline_info(ck: dict, ckpt: Path) -> dict:
         return meta
     bad = [k for k in ("modality", "dataset", "tokenizer") if k in meta and meta[k] != info.get(k)]
     if bad:
-        raise CheckpointError(f"{meta_path} does not belong to {ckpt} ({', '.join(f'{k} {meta[k]!r} vs {info.get(k)!r}' for k in bad)}): "
+        what = ", ".join(f"{k} {meta[k]!r} vs {info.get(k)!r}" for k in bad)
+        raise CheckpointError(f"{meta_path} does not belong to {ckpt} ({what}): "
                               f"remove it or put the checkpoint in its own run folder")
     return info
 
@@ -175,14 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
     debug = argparse.ArgumentParser(add_help=False)  # --debug after the command too
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    s = sub.add_parser("presets", parents=[debug], help="print the named presets (layers, width, parameters, masking, K, tau)")
+    s = sub.add_parser("presets", parents=[debug],
+                       help="print the named presets (layers, width, parameters, masking, K, tau)")
     s.add_argument("--json", action="store_true", help="print the rows as a JSON list")
     s.set_defaults(func=cmd_presets)
 
     s = sub.add_parser("pretrain", parents=[debug], help="pretrain a preset on its modality's default data set")
     s.add_argument("--modality", required=True, choices=["speech", "image", "text"])
     s.add_argument("--preset", default="tiny", choices=["tiny", "small", "base", "large", "base_paper"])
-    s.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: the preset's total_steps)")
+    s.add_argument("--steps", type=positive_int, default=None,
+                   help="optimizer steps (default: the preset's total_steps)")
     s.add_argument("--out", default=None, help="output folder (default runs/<modality>-<preset>)")
     s.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     s.add_argument("--overwrite", action="store_true", help="replace the run in <out> (default: refuse)")
@@ -222,8 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--modalities", nargs="+", default=["speech", "image", "text"],
                    choices=["speech", "image", "text"])
     s.add_argument("--seed", type=int, default=0, help="pretraining seed (the random-init baseline uses seed + 1)")
-    s.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default 1, or $OMP_NUM_THREADS)")
-    s.add_argument("--random-inits", type=positive_int, default=3, help="random-init encoders averaged for the baseline")
+    s.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default 1, or $OMP_NUM_THREADS)")
+    s.add_argument("--random-inits", type=positive_int, default=3,
+                   help="random-init encoders averaged for the baseline")
     s.set_defaults(func=cmd_demo)
     return p
 

@@ -57,9 +57,9 @@ from tqdm.auto import tqdm
 from .checkpoint import check_fits, check_pipeline, checkpoint_config, read_checkpoint
 from .config import Data2VecConfig
 from .data2vec import Data2Vec
+from .distributed import DistInfo, ShardSampler, all_reduce_sum, barrier, gather_objects, init_distributed
 from .errors import CheckpointError
 from .runs import append_line, check_run_dir, read_metrics, run_file, write_text
-from .distributed import DistInfo, ShardSampler, all_reduce_sum, barrier, gather_objects, init_distributed
 from .schedule import build_optimizer, build_scheduler
 
 

@@ -46,7 +46,8 @@ RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
                       "random_token_prob": _unit, "leave_unmasked_prob": _unit},
     "TargetConfig": {"top_k": _pos},
     "EMAConfig": {"decay_start": _unit, "decay_end": _unit, "anneal_steps": _nonneg,
-                  "shared": (lambda v: set(v) <= {"front_end", "positional"}, "a subset of ('front_end', 'positional')")},
+                  "shared": (lambda v: set(v) <= {"front_end", "positional"},
+                             "a subset of ('front_end', 'positional')")},
     "LossConfig": {"beta": _nonneg, "scale": (lambda v: v is None or v > 0, "None or > 0"),
                    "head_layers": (lambda v: v in (1, 2), "1 or 2")},
     "OptimConfig": {"lr": _pos, "betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two values in [0, 1)"),
@@ -121,7 +122,8 @@ def _cross_checks(s, name: str, prefix: str) -> None:
     if name == "TextConfig":
         if s.max_positions <= s.pad_idx + 1:
             raise ConfigError(f"{prefix}.max_positions = {s.max_positions} leaves no position after pad_idx + 1 "
-                              f"= {s.pad_idx + 1} (RoBERTa's offset): use max_positions = tokens per block + pad_idx + 1")
+                              f"= {s.pad_idx + 1} (RoBERTa's offset): use max_positions = tokens per block "
+                              f"+ pad_idx + 1")
         for k in ("pad_idx", "bos_idx", "eos_idx", "mask_idx"):
             if getattr(s, k) >= s.vocab_size:
                 raise ConfigError(f"{prefix}.{k} = {getattr(s, k)} is not a token id of a {s.vocab_size}-token "

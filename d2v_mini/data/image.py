@@ -119,10 +119,12 @@ def read_idx(gz_path: Path) -> np.ndarray:
             with atomic_file(raw) as tmp, gzip.open(gz_path, "rb") as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst)
         except (OSError, EOFError) as e:
-            raise DataFileError(f"{gz_path} cannot be gunzipped ({e}): the download is damaged; fetch it again") from None
+            raise DataFileError(f"{gz_path} cannot be gunzipped ({e}): the download is damaged; "
+                                f"fetch it again") from None
     head = np.fromfile(raw, dtype=np.uint8, count=4).tolist()
     if len(head) < 4 or head[:3] != [0, 0, 8]:
-        raise DataFileError(f"{gz_path} is not a uint8 IDX file (header {head}): expected Fashion-MNIST's original files")
+        raise DataFileError(f"{gz_path} is not a uint8 IDX file (header {head}): expected Fashion-MNIST's "
+                            f"original files")
     ndim = head[3]
     dims = np.fromfile(raw, dtype=">i4", count=ndim, offset=4)
     data = np.fromfile(raw, dtype=np.uint8, offset=4 + 4 * ndim)
@@ -222,9 +224,10 @@ class PackedJPEGs(Dataset):
     The first use reads the archive once and packs each split into one cache file,
     `<cache>/<name>/<key>/<split>.npz` (key: the archive's size and modification time, so a changed
     archive is packed again): `blob` (all JPEG bytes concatenated), `offsets` [N + 1] (image i is
-    blob[offsets[i]:offsets[i+1]]), `labels` [N], `classes`, `names` [N] (the archive members). Images are sorted by (class, file name),
-    the order `ImageFolder` uses, and decoded on access. One packed file instead of 60,000 small
-    ones: unpacking CIFAR-10 file by file took 13-70 s on a busy 2-core machine, packing takes ~3 s.
+    blob[offsets[i]:offsets[i+1]]), `labels` [N], `classes`, `names` [N] (the archive members).
+    Images are sorted by (class, file name), the order `ImageFolder` uses, and decoded on access. One
+    packed file instead of 60,000 small ones: unpacking CIFAR-10 file by file took 13-70 s on a busy
+    2-core machine, packing takes ~3 s.
     """
 
     def __init__(self, archive: Path, split: str, name: str):

@@ -98,8 +98,9 @@ class FSDD(_AudioFiles):
         meta = [p.stem.split("_") for p in files]  # [digit, speaker, take]
         odd = [p.name for p, m in zip(files, meta) if len(m) != 3 or not (m[0].isdigit() and m[2].isdigit())]
         if odd:
-            raise DataFileError(f"{folder}: {len(odd)} file name(s) not of the form {{digit}}_{{speaker}}_{{take}}.wav, "
-                                f"e.g. {odd[0]}: move them out of the recordings folder")
+            raise DataFileError(f"{folder}: {len(odd)} file name(s) not of the form "
+                                f"{{digit}}_{{speaker}}_{{take}}.wav, e.g. {odd[0]}: move them out of the recordings "
+                                f"folder")
         self.speakers = sorted({speaker for _, speaker, _ in meta})
         chosen = [(p, m) for p, m in zip(files, meta) if split == "all" or (int(m[2]) < 5) == (split == "test")]
         super().__init__([p for p, _ in chosen], sample_rate, normalize)
