@@ -204,6 +204,7 @@ def _pretrain(cfg, dataset, collate_fn, opts: TrainOptions, model, info: DistInf
                          f"({world} ranks); use more data or a smaller cfg.optim.batch_size")
     if start_step >= total:  # resumed at the target: nothing to do, nothing written
         return TrainResult(model=model, seconds=time.perf_counter() - call_start, out_dir=out, start_step=start_step)
+    barrier(info)  # every rank checked the run folder (check_run_dir) before rank 0 changes it
     if info.is_main:  # every check passed: now the run folder may change
         out.mkdir(parents=True, exist_ok=True)
         if not resumed:  # a fresh run (overwrite): the old run's files go
