@@ -3,8 +3,8 @@ config section is built (`__post_init__`, so presets, `override`, `dataclasses.r
 `Data2VecConfig.from_dict` all check) and again by `Data2VecConfig.validate()`, which `Data2Vec(cfg)`
 and `pretrain` call (a notebook may have edited fields in place since).
 
-    validate_section(OptimConfig(schedule="cosin"))
-    ConfigError: optim.schedule = 'cosin': expected one of 'cosine', 'tri_stage', 'constant'
+    OptimConfig(schedule="cosin")
+    ConfigError: optim.schedule must be 'cosine', 'tri_stage' or 'constant', got 'cosin'
 
 Ranges live in RULES, next to nothing else: (section class name, field) -> (test, what it expects).
 """
@@ -56,6 +56,7 @@ RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
                                          "three fractions >= 0 summing to 1"),
                     "min_lr_ratio": _unit, "clip_norm": _nonneg, "batch_size": _pos, "accum_steps": _pos},
     "GuardConfig": {"min_target_var": _nonneg, "min_pred_var": _nonneg, "after_steps": _nonneg},
+    "Data2VecConfig": {"crop": _nonneg},
 }
 MASKING_KIND = {"speech": "span", "image": "block", "text": "bert"}
 
@@ -69,7 +70,8 @@ def _type_ok(value, hint) -> tuple[bool, str]:
     """Does `value` fit the annotation `hint`? Returns (ok, what was expected)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Literal:
-        return value in args, "one of " + ", ".join(repr(a) for a in args)
+        names = [repr(a) for a in args]
+        return value in args, names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
     if origin in (typing.Union, UnionType):
         results = [_type_ok(value, a) for a in args]
         return any(ok for ok, _ in results), " or ".join(w for _, w in results)
@@ -105,10 +107,10 @@ def validate_section(section) -> None:
             continue
         ok, expected = _type_ok(value, hints[f.name])
         if not ok:
-            raise ConfigError(f"{prefix}.{f.name} = {value!r} ({type(value).__name__}): expected {expected}")
+            raise ConfigError(f"{prefix}.{f.name} must be {expected}, got {value!r} ({type(value).__name__})")
         rule = RULES.get(name, {}).get(f.name)
         if rule is not None and not rule[0](value):
-            raise ConfigError(f"{prefix}.{f.name} = {value!r}: expected {rule[1]}")
+            raise ConfigError(f"{prefix}.{f.name} must be {rule[1]}, got {value!r}")
     _cross_checks(section, name, prefix)
 
 
@@ -148,10 +150,7 @@ def validate_config(cfg) -> None:
         value = getattr(cfg, f.name)
         if is_dataclass(value):
             validate_section(value)
-    if not isinstance(cfg.crop, int) or isinstance(cfg.crop, bool) or cfg.crop < 0:
-        raise ConfigError(f"cfg.crop = {cfg.crop!r}: expected an integer >= 0 (0 = the modality's default)")
-    if not isinstance(cfg.name, str):
-        raise ConfigError(f"cfg.name = {cfg.name!r}: expected a string")
+    validate_section(cfg)  # its own fields (crop, name, ...); the sections were checked above
     kind = MASKING_KIND[cfg.modality]
     if cfg.masking.kind != kind:
         raise ConfigError(f"masking.kind = {cfg.masking.kind!r} does not fit modality {cfg.modality!r}: "
