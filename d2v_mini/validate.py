@@ -54,9 +54,10 @@ RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
                     "eps": _pos, "weight_decay": _nonneg, "warmup_steps": _nonneg, "total_steps": _pos,
                     "tri_stage_ratios": (lambda v: len(v) == 3 and min(v) >= 0 and abs(sum(v) - 1) < 1e-6,
                                          "three fractions >= 0 summing to 1"),
-                    "min_lr_ratio": _unit, "clip_norm": _nonneg, "batch_size": _pos, "accum_steps": _pos},
+                    "min_lr_ratio": _unit, "clip_norm": _nonneg, "batch_size": _pos, "accum_steps": _pos,
+                    "max_tokens": _nonneg},
     "GuardConfig": {"min_target_var": _nonneg, "min_pred_var": _nonneg, "after_steps": _nonneg},
-    "Data2VecConfig": {"crop": _nonneg},
+    "Data2VecConfig": {"crop": _nonneg, "min_crop": _nonneg},  # a rule for a field a config lacks is unused
 }
 MASKING_KIND = {"speech": "span", "image": "block", "text": "bert"}
 
