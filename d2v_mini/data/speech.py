@@ -20,6 +20,7 @@ import torchaudio.functional as AF
 from einops import reduce
 from torch.utils.data import Dataset
 
+from ..errors import DataFileError
 from . import data_root
 from .download import download_allowed, ensure, hub_download, mirror_url
 
@@ -29,8 +30,17 @@ def load_audio(path: str | Path | BinaryIO, sample_rate: int | None = 16_000) ->
 
     Multichannel audio is downmixed to mono by averaging the channels. If the file's rate differs
     from `sample_rate`, it is resampled with `torchaudio.functional.resample` (None: keep the rate).
+    A file that cannot be decoded raises DataFileError naming it (a missing one FileNotFoundError).
     """
-    wav, rate = sf.read(path, dtype="float32", always_2d=True)  # [N, C]
+    if isinstance(path, (str, Path)) and not Path(path).exists():
+        raise FileNotFoundError(f"audio file {path} does not exist")
+    try:
+        wav, rate = sf.read(path, dtype="float32", always_2d=True)  # [N, C]
+    except (RuntimeError, OSError, ValueError, EOFError) as e:  # soundfile.LibsndfileError is a RuntimeError
+        name = path if isinstance(path, (str, Path)) else getattr(path, "name", "an in-memory audio file")
+        raise DataFileError(f"cannot decode audio file {name} ({str(e).strip() or type(e).__name__}): the file is "
+                            f"corrupted or not WAV/FLAC; replace it, or pass --skip-bad-files (SkipBadItems) "
+                            f"to skip unreadable files") from None
     wav = reduce(torch.from_numpy(wav), "n c -> n", "mean")
     if sample_rate is not None and rate != sample_rate:
         wav = AF.resample(wav, orig_freq=rate, new_freq=sample_rate)
@@ -94,7 +104,15 @@ class FSDD(_AudioFiles):
             raise ValueError(f"FSDD split must be 'train', 'test' or 'all', not {split!r}")
         folder = ensure("fsdd/recordings", root, download)  # download: None = unless D2V_DOWNLOAD=never
         files = sorted(folder.glob("*.wav"))
+        if not files:
+            raise DataFileError(f"{folder} holds no .wav file: expected FSDD's {{digit}}_{{speaker}}_{{take}}.wav "
+                                f"recordings there")
         meta = [p.stem.split("_") for p in files]  # [digit, speaker, take]
+        odd = [p.name for p, m in zip(files, meta) if len(m) != 3 or not (m[0].isdigit() and m[2].isdigit())]
+        if odd:
+            raise DataFileError(f"{folder}: {len(odd)} file name(s) not of the form "
+                                f"{{digit}}_{{speaker}}_{{take}}.wav, e.g. {odd[0]}: move them out of the recordings "
+                                f"folder")
         self.speakers = sorted({speaker for _, speaker, _ in meta})
         chosen = [(p, m) for p, m in zip(files, meta) if split == "all" or (int(m[2]) < 5) == (split == "test")]
         super().__init__([p for p, _ in chosen], sample_rate, normalize)
