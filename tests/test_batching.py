@@ -253,7 +253,7 @@ def test_speech_base_update_is_fairseqs_16_gpus_x_3_8m_samples():
 
 
 def test_small_speech_presets_batch_by_clip_count():
-    for name, clips, seconds in (("tiny", 16, 1), ("small", 32, 5)):
+    for name, clips, seconds in (("tiny", 16, 2), ("small", 32, 5)):
         cfg = preset("speech", name)
         assert cfg.optim.max_tokens == 0 and cfg.optim.batch_size == clips
         assert describe_update(cfg).startswith(f"{clips} clips <= {seconds} s")

@@ -296,6 +296,19 @@ class ChainedClips(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    @property
+    def sizes(self) -> list[int]:
+        """The most samples each item can hold, [N] ints, from the clips' sizes (their file headers): a clip
+        of >= min_samples stays alone; a shorter one grows to under min_samples + the longest clip (and at
+        most max_clips clips). An upper bound, so that token batches (batching.TokenBatchSampler, which
+        sizes batches by their longest item) never exceed their budget once the collator crops them."""
+        from ..batching import dataset_sizes
+
+        base = dataset_sizes(self.dataset)
+        longest = int(base.max()) if len(base) else 0
+        return [int(n) if n >= self.min_samples else
+                min(int(n) + (self.max_clips - 1) * longest, self.min_samples - 1 + longest) for n in base]
+
     def __getitem__(self, i: int) -> dict:
         parts = [self.dataset[i]["source"]]
         while sum(len(p) for p in parts) < self.min_samples and len(parts) < self.max_clips:
