@@ -357,3 +357,31 @@ def test_ddp_equality_condition_is_stated():
     text = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
     for doc in (train.__doc__, (REPO / "README.md").read_text(), text):
         assert "precomputed" in doc and "per-process" in doc, doc[:200]
+
+
+def test_token_batching_reads_sizes_through_skip_bad_files_and_names_a_bad_header(tmp_path):
+    """main's token batching (max_tokens > 0) plans from the clips' headers: through issue-10's
+    SkipBadItems too, and a corrupted header is a DataFileError naming the file, not a soundfile error."""
+    import soundfile as sf
+
+    from d2v_mini.batching import dataset_sizes
+    from d2v_mini.data.skip import SkipBadItems
+    from d2v_mini.data.speech import audio_size
+    from d2v_mini.errors import DataFileError
+
+    good = tmp_path / "good.wav"
+    sf.write(good, np.zeros(1600, dtype="float32"), 16_000)
+
+    class Files(torch.utils.data.Dataset):
+        sizes = [1600, 800]
+
+        def __len__(self):
+            return 2
+
+    assert dataset_sizes(SkipBadItems(Files())).tolist() == [1600, 800]
+    assert SkipBadItems([1, 2]).sizes is None  # no sizes: the sampler's own TypeError follows
+    assert audio_size(good) == 1600
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF\x00\x00not a wave file at all")
+    with pytest.raises(DataFileError, match="bad.wav"):
+        audio_size(bad)

@@ -29,6 +29,17 @@ class SkipBadItems(Dataset):
         return len(self.dataset)
 
     @property
+    def sizes(self):
+        """The wrapped data set's samples per item (for token batching, batching.dataset_sizes), or None
+        if it has none. A replaced item is batched with the bad item's planned size."""
+        from ..batching import dataset_sizes
+
+        try:
+            return dataset_sizes(self.dataset)
+        except TypeError:
+            return None
+
+    @property
     def skipped(self) -> int:
         return len(self.bad)
 

@@ -49,8 +49,16 @@ def load_audio(path: str | Path | BinaryIO, sample_rate: int | None = 16_000) ->
 
 def audio_size(path: str | Path | BinaryIO, sample_rate: int | None = 16_000) -> int:
     """Samples `load_audio(path, sample_rate)` returns, from the file header (nothing decoded):
-    ceil(frames x sample_rate / file rate), the length torchaudio's resampling gives."""
-    info = sf.info(path)
+    ceil(frames x sample_rate / file rate), the length torchaudio's resampling gives. A header that
+    cannot be read raises DataFileError naming the file."""
+    try:
+        info = sf.info(path)
+    except (RuntimeError, OSError, ValueError, EOFError) as e:  # soundfile.LibsndfileError is a RuntimeError
+        if isinstance(e, FileNotFoundError):
+            raise
+        name = path if isinstance(path, (str, Path)) else getattr(path, "name", "an in-memory audio file")
+        raise DataFileError(f"cannot read the header of audio file {name} ({str(e).strip() or type(e).__name__}): "
+                            f"the file is corrupted or not WAV/FLAC; replace it") from None
     if sample_rate is None or info.samplerate == sample_rate:
         return int(info.frames)
     return -(-info.frames * sample_rate // info.samplerate)
