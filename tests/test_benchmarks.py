@@ -69,8 +69,8 @@ def test_bench_throughput_quick(tmp_path):
     for r in result["rows"]:
         assert math.isfinite(r["loss"]) and r["loss"] > 0
         assert math.isclose(r["samples_per_s"] * r["step_ms"] / 1e3, r["batch"])  # samples/s = B / step time
-        if r["modality"] == "speech":  # tiny crops are 1 s of 16 kHz audio
-            assert r["input"] == "16000" and math.isclose(r["audio_s_per_s"], r["samples_per_s"])
+        if r["modality"] == "speech":  # tiny crops are 2 s of 16 kHz audio (cfg.crop = cfg.min_crop = 32,000)
+            assert r["input"] == "32000" and math.isclose(r["audio_s_per_s"], 2 * r["samples_per_s"])
         if r["modality"] == "text":  # 64-token blocks
             assert math.isclose(r["tokens_per_s"], 64 * r["samples_per_s"])
 
