@@ -43,7 +43,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations before timing")
     p.add_argument("--repeats", type=int, default=5, help="timed iterations (the median is reported)")
     p.add_argument("--seconds", type=float, default=0.0,
-                   help="speech clip length in seconds (0 = the preset's crop: 1 s tiny, 20 s base)")
+                   help="speech clip length in seconds (0 = the preset's crop: 2 s tiny, 20 s base)")
     p.add_argument("--tokens", type=int, default=0, help="text sequence length (0 = the preset's crop: 64 / 512)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="smoke-test mode: tiny preset, batch 2, 1 warmup, 2 repeats")

@@ -13,11 +13,25 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Literal
 
+from .errors import ConfigError
+from .validate import validate_config, validate_section
+
 Modality = Literal["speech", "image", "text"]
 
 
+class _Checked:
+    """Config sections check their field types and ranges when built (validate.py); `validate()`
+    checks again after fields were edited in place."""
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        validate_section(self)
+
+
 @dataclass
-class TransformerConfig:
+class TransformerConfig(_Checked):
     """The Transformer stack shared by the three modalities."""
 
     dim: int = 768
@@ -78,7 +92,7 @@ EncoderConfig = SpeechConfig | ImageConfig | TextConfig
 
 
 @dataclass
-class MaskingConfig:
+class MaskingConfig(_Checked):
     """How the student's input is masked.
 
     kind:
@@ -103,7 +117,7 @@ class MaskingConfig:
 
 
 @dataclass
-class TargetConfig:
+class TargetConfig(_Checked):
     """How the teacher's layer outputs become regression targets."""
 
     top_k: int = 8
@@ -113,7 +127,7 @@ class TargetConfig:
 
 
 @dataclass
-class EMAConfig:
+class EMAConfig(_Checked):
     """The EMA teacher: decay linear from `decay_start` to `decay_end` over `anneal_steps`, then constant.
 
     `shared` names the encoder parts the teacher does not average but copies from the student after
@@ -129,7 +143,7 @@ class EMAConfig:
 
 
 @dataclass
-class LossConfig:
+class LossConfig(_Checked):
     """Regression loss on masked positions. beta = 0: L2; beta > 0: Smooth-L1 with that beta.
 
     reduction "sum": fairseq, summed over D, times `scale` (None = 1/sqrt(D)), divided by #masked;
@@ -143,7 +157,7 @@ class LossConfig:
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(_Checked):
     """Optimiser and schedule. The `batch_size` here is what one step sees on the preset's hardware."""
 
     lr: float = 5e-4
@@ -170,7 +184,7 @@ class OptimConfig:
 
 
 @dataclass
-class GuardConfig:
+class GuardConfig(_Checked):
     """fairseq's collapse guard: after `after_steps` updates, stop if the variances fall below these."""
 
     min_target_var: float = 0.1
@@ -198,14 +212,27 @@ class Data2VecConfig:
     pad_batches: bool = False
     name: str = ""  # preset name, informational
 
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError (a ValueError) naming the first field of the wrong type or out of range."""
+        validate_config(self)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Data2VecConfig":
-        enc_cls = {"speech": SpeechConfig, "image": ImageConfig, "text": TextConfig}[d["modality"]]
-        sub = {"encoder": enc_cls, "masking": MaskingConfig, "targets": TargetConfig, "ema": EMAConfig,
-               "loss": LossConfig, "optim": OptimConfig, "guard": GuardConfig}
+        encoders = {"speech": SpeechConfig, "image": ImageConfig, "text": TextConfig}
+        if not isinstance(d, dict) or d.get("modality") not in encoders:
+            got = repr(d.get("modality")) if isinstance(d, dict) else type(d).__name__
+            raise ConfigError(f"a config dict needs modality in {list(encoders)}, got {got}")
+        sub = {"encoder": encoders[d["modality"]], "masking": MaskingConfig, "targets": TargetConfig,
+               "ema": EMAConfig, "loss": LossConfig, "optim": OptimConfig, "guard": GuardConfig}
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown config keys {sorted(unknown)}: expected {[f.name for f in fields(cls)]}")
         kw = {k: _build(sub[k], v) if k in sub else v for k, v in d.items()}
         return cls(**kw)
 
@@ -230,8 +257,13 @@ def override(cfg, **changes):
     for k, v in changes.items():
         head, _, rest = k.partition(".")
         (nested.setdefault(head, {}).__setitem__(rest, v) if rest else top.__setitem__(head, v))
+    names = {f.name for f in fields(cfg)}
+    unknown = sorted(set(top) - names) + sorted(f"{h}.*" for h in set(nested) - names)
+    if unknown:
+        raise ConfigError(f"{type(cfg).__name__} has no field {', '.join(unknown)}: expected one of {sorted(names)}")
     for head, sub in nested.items():
         child = getattr(cfg, head)
-        assert is_dataclass(child), f"{head} is not a config section"
+        if not is_dataclass(child):
+            raise ConfigError(f"{head} is not a config section: set it with override(cfg, {head}=...)")
         top[head] = override(child, **sub)
     return replace(cfg, **top)

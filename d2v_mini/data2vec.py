@@ -15,6 +15,7 @@ from .config import Data2VecConfig
 from .ema import EMATeacher
 from .encoder import build_encoder
 from .init import init_head
+from .inputs import check_source
 from .loss import RegressionHead, feature_std, regression_loss
 from .masking import block_mask, check_mask, span_mask, text_mask
 from .targets import build_targets, target_layers
@@ -44,6 +45,7 @@ class Data2VecOutput:
 class Data2Vec(nn.Module):
     def __init__(self, cfg: Data2VecConfig):
         super().__init__()
+        cfg.validate()  # a ConfigError names a field of the wrong type or out of range
         self.cfg = cfg
         self.student = build_encoder(cfg)
         self.head = RegressionHead(cfg.encoder.dim, cfg.loss.head_layers)
@@ -62,6 +64,7 @@ class Data2Vec(nn.Module):
 
         speech/image: returns mask bool [B, T] over frames / patches.
         text: returns a `TextMask` (corrupted tokens, selected positions, `<mask>` positions)."""
+        source, padding_mask = self.check_inputs(source, padding_mask)
         m, enc = self.cfg.masking, self.cfg.encoder
         if self.cfg.modality == "speech":
             if padding_mask is not None:
@@ -84,7 +87,10 @@ class Data2Vec(nn.Module):
         """source: speech [B, N] float / images [B, C, H, W] / tokens [B, T] long;
         padding_mask: bool, True = padding (speech: [B, N] samples; text: [B, T], default tokens == pad);
         mask: bool [B, T] over frames / patches / tokens, True = masked (drawn from the recipe if None;
-        for text a given mask is filled with `<mask>` and is where the loss is computed)."""
+        for text a given mask is filled with `<mask>` and is where the loss is computed).
+        Inputs are checked first (inputs.check_source: shapes, dtypes, NaN/Inf, padding), floats cast to
+        the weights' dtype."""
+        source, padding_mask = self.check_inputs(source, padding_mask)
         student_input = source
         if mask is None:
             drawn = self.make_mask(source, padding_mask, generator)
@@ -121,6 +127,12 @@ class Data2Vec(nn.Module):
         return Data2VecOutput(loss=loss, pred=pred, target=y, mask=mask, target_var=feature_std(y),
                               pred_var=feature_std(pred.detach()), ema_decay=self.teacher.decay,
                               num_masked=int(y.shape[0]))
+
+    def check_inputs(self, source, padding_mask=None) -> tuple[Tensor, Tensor | None]:
+        """inputs.check_source for this model: raises InputError, casts floats to the weights' dtype."""
+        dtype = next(self.head.parameters()).dtype
+        return check_source(self.cfg.modality, source, padding_mask, dtype,
+                            pad_idx=self.cfg.encoder.pad_idx if self.cfg.modality == "text" else None)
 
     def encoder_params(self) -> int:
         return self.student.num_params()

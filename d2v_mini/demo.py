@@ -76,6 +76,7 @@ def pretrain_tiny(spec: DemoSpec, run_dir: Path, seed: int = 0, steps_scale: flo
     """Pretrain the tiny setup of `spec` for round(spec.steps * steps_scale) steps into `run_dir`.
     Returns (TrainResult, info dict(steps, pretrain_seconds, final_loss, target_var, pred_var[, position_r2]))."""
     from .pipeline import pretrain_data, run_info
+    from .runs import write_text
     from .train import TrainOptions, pretrain
 
     steps = max(1, round(spec.steps * steps_scale))
@@ -83,9 +84,13 @@ def pretrain_tiny(spec: DemoSpec, run_dir: Path, seed: int = 0, steps_scale: flo
     name = spec.dataset or default_dataset(spec.modality)
     dataset, collate_fn = pretrain_data(cfg, name)
     t0 = time.perf_counter()
-    res = pretrain(cfg, dataset, collate_fn, TrainOptions(steps=steps, out_dir=str(run_dir), log_every=10, seed=seed))
+    pipeline = run_info(cfg, name, with_tokenizer=True)  # in every checkpoint (text: the tokenizer itself)
+    res = pretrain(cfg, dataset, collate_fn, TrainOptions(steps=steps, out_dir=str(run_dir), log_every=10, seed=seed,
+                                                          pipeline=pipeline))
     info = dict(steps=steps, pretrain_seconds=round(time.perf_counter() - t0, 1))
-    (Path(run_dir) / "pipeline.json").write_text(json.dumps(run_info(cfg, name), indent=1))
+    # the same record as the checkpoint's (probe refuses a pipeline.json that differs from it)
+    write_text(run_dir, "pipeline.json", json.dumps({k: v for k, v in pipeline.items() if k != "tokenizer_json"},
+                                                    indent=1))
     last = res.history[-1]
     info.update(final_loss=last["loss"], target_var=last["target_var"], pred_var=last["pred_var"])
     if spec.modality == "speech":
@@ -194,6 +199,9 @@ def run_demo(out_dir: str | Path = "runs/demo", steps_scale: float = 1.0,
     threads: torch CPU threads. Default 1 unless OMP_NUM_THREADS is set: these models are too small to
     gain much from a second thread, and two threads slow down several-fold as soon as anything else
     runs on the machine (measured: 0.17 s/step with 1 thread, 1.3 s/step with 2, on a busy 2-core box)."""
+    if not (steps_scale > 0 and random_inits >= 1) or set(modalities) - set(SPECS):
+        raise ValueError(f"need steps_scale > 0, random_inits >= 1 and modalities from {list(SPECS)}, got "
+                         f"{steps_scale}, {random_inits} and {list(modalities)}")
     if threads is None and "OMP_NUM_THREADS" not in os.environ:
         threads = 1
     if threads:

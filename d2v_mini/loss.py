@@ -42,8 +42,8 @@ def regression_loss(pred: Tensor, target: Tensor, cfg: LossConfig) -> Tensor:
         elem = F.mse_loss(pred, target, reduction="none")
     else:
         elem = F.smooth_l1_loss(pred, target, reduction="none", beta=cfg.beta)
-    if cfg.reduction == "mean":
-        return elem.mean()
+    if cfg.reduction == "mean":  # nothing masked: 0 (with a gradient), as the "sum" reduction gives
+        return elem.mean() if elem.numel() else elem.sum()
     scale = 1 / math.sqrt(pred.shape[-1]) if cfg.scale is None else cfg.scale
     return elem.sum(-1).mul(scale).sum() / max(pred.shape[0], 1)
 

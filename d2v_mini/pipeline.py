@@ -103,6 +103,11 @@ def tokenizer_for(cfg: Data2VecConfig, dataset: str | None = None, *, root: str 
             text = _local_text(name, max_chars=50_000_000)
             key = "local-" + hashlib.sha256(text.encode()).hexdigest()[:12]
         tok = Tokenizer.train(text, enc.vocab_size, name=f"{key}-train")
+        if tok.vocab_size < enc.vocab_size:
+            raise ValueError(f"the {name} train split yields a BPE of only {tok.vocab_size} tokens, fewer than "
+                             f"cfg.encoder.vocab_size = {enc.vocab_size}: the corpus is too small (or damaged) for "
+                             f"this vocabulary; use a larger corpus, or set vocab_size (and mask_idx = vocab_size - 1) "
+                             f"to at most {tok.vocab_size}")
     check_tokenizer(tok, cfg)
     return tok
 
@@ -259,23 +264,48 @@ def _mirror_only(root) -> bool:
     return (base / "test-clean").exists() and not (base / "train-clean-100").exists()
 
 
-def run_info(cfg: Data2VecConfig, dataset: str | None = None, *, root: str | Path | None = None) -> dict:
-    """What a run's pipeline.json records so that `probe` can rebuild the same pipeline: modality,
-    preset, pretraining data set and (text) the tokenizer's fingerprint."""
+def run_info(cfg: Data2VecConfig, dataset: str | None = None, *, root: str | Path | None = None,
+             with_tokenizer: bool = False) -> dict:
+    """What a run's pipeline.json (and, with `with_tokenizer`, every checkpoint) records so that `probe`
+    can rebuild the same pipeline: modality, preset, pretraining data set and (text) the tokenizer's
+    fingerprint; `with_tokenizer` adds the trained tokenizer itself ("tokenizer_json", a few hundred kB)."""
     name = dataset or default_dataset(cfg.modality, cfg.name)
     info = dict(modality=cfg.modality, preset=cfg.name, dataset=name)
     if cfg.modality == "text":
-        info["tokenizer"] = tokenizer_for(cfg, name, root=root).fingerprint
+        tok = tokenizer_for(cfg, name, root=root)
+        info["tokenizer"] = tok.fingerprint
+        if with_tokenizer and tok.offset == 0:  # a trained BPE (GPT-2's is rebuilt from its files and checked)
+            info["tokenizer_json"] = tok.to_str()
     return info
+
+
+def run_tokenizer(cfg: Data2VecConfig, info: dict, *, root: str | Path | None = None):
+    """The tokenizer a text run was pretrained with: the one stored in its checkpoint (`info` = the
+    checkpoint's "pipeline", see run_info), else rebuilt for info["dataset"]; either way checked against
+    the recorded fingerprint. Raises CheckpointError on a mismatch."""
+    from .data import Tokenizer
+    from .errors import CheckpointError
+
+    want = info.get("tokenizer")
+    if info.get("tokenizer_json"):
+        tok = Tokenizer.from_str(info["tokenizer_json"], name=want.rsplit("-", 1)[0] if want else "stored")
+    else:
+        tok = tokenizer_for(cfg, info.get("dataset"), root=root)
+    if want and tok.fingerprint != want:
+        raise CheckpointError(f"the tokenizer {'stored' if info.get('tokenizer_json') else 'rebuilt'} for "
+                              f"{info.get('dataset')} ({tok.fingerprint}) is not the one the checkpoint was "
+                              f"pretrained with ({want})")
+    check_tokenizer(tok, cfg)
+    return tok
 
 
 # ------------------------------------------------------------------------------------------- probes
 def probe_data(cfg: Data2VecConfig, task: str | None = None, *, dataset: str | None = None,
                root: str | Path | None = None, limit_train: int | None = None,
-               limit_test: int | None = None):
+               limit_test: int | None = None, tokenizer=None):
     """The labelled `ProbeTask` for an encoder of `cfg` (default: `default_probe(cfg.modality)`),
     with images at the encoder's size / channels and text in the encoder's tokenizer (`dataset` names
-    the pretraining corpus the tiny tokenizer was trained on)."""
+    the pretraining corpus the tiny tokenizer was trained on; `tokenizer`: that tokenizer, when known)."""
     from .data import probe_task
     from .data.probe import PROBE_TASKS
 
@@ -290,6 +320,6 @@ def probe_data(cfg: Data2VecConfig, task: str | None = None, *, dataset: str | N
         kw.update(image_size=cfg.encoder.image_size, channels=cfg.encoder.in_chans)
     if cfg.modality == "text":
         enc = cfg.encoder
-        kw.update(tokenizer=tokenizer_for(cfg, dataset, root=root),
+        kw.update(tokenizer=tokenizer or tokenizer_for(cfg, dataset, root=root),
                   max_tokens=min(cfg.crop or 512, enc.max_positions - enc.pad_idx - 1))
     return probe_task(name, **kw)

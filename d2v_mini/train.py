@@ -10,7 +10,10 @@ One optimizer step (cfg.optim.batch_size samples = world x accum_steps micro-bat
     unscale (fp16) -> clip -> AdamW step -> LR step -> EMA step (teacher, fp32, unwrapped model)
                                            (LR and EMA step even when fp16's GradScaler skips an update)
 so a step gives the same loss and gradient for any world size and accumulation, given the same
-masks (model-drawn masks come from a per-rank generator; precomputed `mask`s in the batch are shared).
+masks: that holds when the batches carry precomputed `mask`s (shared by construction) and the data
+pipeline draws nothing at random. Masks the model draws, random speech crops and image augmentations
+come from per-process streams (seeded by seed and rank): with them, 1 and N processes train the same
+way statistically, not with the same numbers.
 
 The trainer adds no per-step host sync: each step's loss, variances (means over micro-batches and
 ranks) and gradient norm stay on the device until the next log step (every `log_every` steps, and
@@ -36,6 +39,12 @@ every Transformer block through torch.compile for runs of >= COMPILE_MIN_STEPS s
 
 Schedules span cfg.optim.total_steps whatever `steps` is: a run of fewer steps is a prefix of the full
 run, and `resume=True` with a larger `steps` continues it. Only rank 0 writes files and shows tqdm.
+
+Run folders (runs.py): nothing in `out_dir` changes before the config, options, checkpoint and data
+were checked; with `overwrite=False` (the CLI's default) a folder holding a run is refused unless
+`resume`; run files are never written through symbolic links. `TrainOptions.pipeline` (pipeline.run_info)
+goes into every checkpoint, so the data set and the text tokenizer of a run travel with it, and a resume
+with another one is refused (checkpoint.py).
 """
 from __future__ import annotations
 
@@ -55,9 +64,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .batching import TokenBatchSampler, check_token_update, collate_limits, dataset_sizes
+from .checkpoint import check_fits, check_pipeline, checkpoint_config, read_checkpoint
 from .config import Data2VecConfig
 from .data2vec import Data2Vec
 from .distributed import DistInfo, ShardSampler, all_reduce_sum, barrier, gather_objects, init_distributed
+from .errors import CheckpointError
+from .runs import append_line, check_run_dir, read_metrics, run_file, write_text
 from .schedule import build_optimizer, build_scheduler
 
 
@@ -68,12 +80,15 @@ class TrainOptions:
     device: str = "auto"  # "auto" = cuda if available else cpu
     precision: str = "auto"  # "auto" | "bf16" | "fp16" | "fp32"; auto: bf16 / fp16 (older cuda) / fp32 (cpu)
     resume: bool = False  # continue from out_dir/checkpoint.pt if present
+    overwrite: bool = True  # False: refuse an out_dir that holds a run unless `resume` (the CLI's default)
     log_every: int = 10  # a metrics line (means over the window) and the checks every N steps
     ckpt_every: int = 0  # 0 = only at the end
     compile: bool | str = "auto"  # torch.compile every Transformer block; "auto": on CUDA, long runs (resolve_compile)
     seed: int = 0
     num_workers: int | None = None  # DataLoader workers; None = auto (resolve_workers: 0 on CPU)
     progress: bool = True
+    pipeline: dict | None = None  # saved in every checkpoint: what probe / resume rebuild the data with
+    #                               (pipeline.run_info: modality, preset, dataset, limit, text tokenizer)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -90,6 +105,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # the metrics lines logged by this call
     seconds: float = 0.0  # wall time of this call
     out_dir: Path = Path(".")
+    start_step: int = 0  # the step this call started from (> 0 when resumed)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -144,12 +160,28 @@ def pretrain(cfg: Data2VecConfig, dataset, collate_fn=None, opts: TrainOptions |
     return _pretrain(cfg, dataset, collate_fn, opts, model, init_distributed(opts.device))
 
 
+def _check_options(opts: TrainOptions) -> None:
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if opts.steps is not None and not (is_int(opts.steps) and opts.steps >= 1):
+        raise ValueError(f"steps must be a positive integer (or None = cfg.optim.total_steps), got {opts.steps!r}")
+    if not (is_int(opts.log_every) and opts.log_every >= 1 and is_int(opts.ckpt_every) and opts.ckpt_every >= 0):
+        raise ValueError(f"need log_every >= 1 and ckpt_every >= 0, got {opts.log_every} and {opts.ckpt_every}")
+    if not (opts.num_workers is None or (is_int(opts.num_workers) and opts.num_workers >= 0)) or not is_int(opts.seed):
+        raise ValueError(f"need num_workers None (auto) or an integer >= 0, and an integer seed, got "
+                         f"{opts.num_workers!r} and {opts.seed!r}")
+    if opts.compile not in (True, False, "auto"):
+        raise ValueError(f"compile must be True, False or 'auto', got {opts.compile!r}")
+
+
 def _pretrain(cfg, dataset, collate_fn, opts: TrainOptions, model, info: DistInfo) -> TrainResult:
     call_start, dev, world, o = time.perf_counter(), info.device, info.world_size, cfg.optim
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {dev} requested but CUDA is not available: use device='cpu' or 'auto'")
-    if opts.log_every < 1 or opts.ckpt_every < 0:
-        raise ValueError(f"need log_every >= 1 and ckpt_every >= 0, got {opts.log_every} and {opts.ckpt_every}")
+    cfg.validate()  # fields may have been edited in place since the config was built
+    _check_options(opts)
+    check_run_dir(opts.out_dir, opts.resume, opts.overwrite)  # nothing is written before every check passed
     if o.max_tokens > 0:  # batch_size counts micro-batches of <= max_tokens samples (d2v_mini/batching.py)
         check_token_update(o.batch_size, o.accum_steps, world)
     elif o.batch_size % (world * o.accum_steps):
@@ -177,8 +209,14 @@ def _pretrain(cfg, dataset, collate_fn, opts: TrainOptions, model, info: DistInf
     scheduler = build_scheduler(optimizer, o)
     state = {"step": 0, "epoch": 0, "sample": 0, "seconds": 0.0}  # sample: of the epoch's, consumed by all ranks
 
-    if opts.resume and ckpt_path.exists():
-        ck = _read(ckpt_path)
+    resumed = opts.resume and ckpt_path.exists()
+    if resumed:
+        ck = read_checkpoint(ckpt_path)
+        check_fits(ck, cfg, ckpt_path)
+        check_pipeline(ck, opts.pipeline, ckpt_path)
+        if ck["state"]["step"] > total:
+            raise ValueError(f"{ckpt_path} is at step {ck['state']['step']}, past steps={total}: pass a larger "
+                             f"steps to continue it, or --overwrite to start again")
         model.load_state_dict(ck["model"])
         kernels = [(g.get("fused"), g.get("foreach")) for g in optimizer.param_groups]
         optimizer.load_state_dict(ck["optimizer"])
@@ -192,12 +230,7 @@ def _pretrain(cfg, dataset, collate_fn, opts: TrainOptions, model, info: DistInf
             _set_rng_state(ck["rng"][info.rank], mask_gen, dev)
         elif info.is_main:
             tqdm.write(f"resuming {world} ranks from {len(ck['rng'])}: RNG streams reseeded, not restored")
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
-        old = metrics_path.read_text().splitlines() if opts.resume and metrics_path.exists() else []
-        metrics_path.write_text("".join(f"{ln}\n" for ln in old if json.loads(ln)["step"] <= state["step"]))
-
+    start_step = state["step"]
     wrapped = model
     if world > 1:  # the teacher has no trainable parameter, so DDP neither syncs nor waits for it
         wrapped = DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
@@ -238,6 +271,17 @@ def _pretrain(cfg, dataset, collate_fn, opts: TrainOptions, model, info: DistInf
     if len(loader) == 0:
         raise ValueError(f"the data set has {len(dataset)} items: too few for one micro-batch of {micro} per rank "
                          f"({world} ranks); use more data or a smaller cfg.optim.batch_size")
+    if start_step >= total:  # resumed at the target: nothing to do, nothing written
+        return TrainResult(model=model, seconds=time.perf_counter() - call_start, out_dir=out, start_step=start_step)
+    barrier(info)  # every rank checked the run folder (check_run_dir) before rank 0 changes it
+    if info.is_main:  # every check passed: now the run folder may change
+        out.mkdir(parents=True, exist_ok=True)
+        if not resumed:  # a fresh run (overwrite): the old run's files go
+            for name in ("checkpoint.pt", "pipeline.json"):
+                run_file(out, name).unlink(missing_ok=True)
+        write_text(out, "config.json", json.dumps(cfg.to_dict(), indent=1))
+        kept = read_metrics(metrics_path, upto=state["step"]) if resumed else []
+        write_text(out, "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
 
     def batches():  # endless; `state` always says where the next batch comes from
         nonlocal loader
@@ -275,8 +319,7 @@ def _pretrain(cfg, dataset, collate_fn, opts: TrainOptions, model, info: DistInf
         history.append(rec)
         pending.clear()
         if info.is_main:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
+            append_line(metrics_path, json.dumps(rec))
             bar.set_postfix({"loss": f"{rec['loss']:.4f}", "tvar": f"{rec['target_var']:.3f}",
                              "pvar": f"{rec['pred_var']:.3f}", "tau": f"{tau:.5f}"}, refresh=False)
 
@@ -314,10 +357,12 @@ def _pretrain(cfg, dataset, collate_fn, opts: TrainOptions, model, info: DistInf
                 flush()
             if save:
                 state["seconds"] = base_seconds + time.perf_counter() - call_start
-                _save_checkpoint(ckpt_path, cfg, model, optimizer, scheduler, scaler, state, mask_gen, info, precision)
+                _save_checkpoint(ckpt_path, cfg, model, optimizer, scheduler, scaler, state, mask_gen, info, precision,
+                                 opts.pipeline)
     finally:
         bar.close()
-    return TrainResult(model=model, history=history, seconds=time.perf_counter() - call_start, out_dir=out)
+    return TrainResult(model=model, history=history, seconds=time.perf_counter() - call_start, out_dir=out,
+                       start_step=start_step)
 
 
 def _check(cfg: Data2VecConfig, step: int, loss: float, tvar: float, pvar: float, lr: float) -> None:
@@ -369,12 +414,13 @@ def _set_rng_state(state: dict, mask_gen: torch.Generator, dev: torch.device) ->
         torch.cuda.set_rng_state(state["cuda"], dev)
 
 
-def _save_checkpoint(path: Path, cfg, model, optimizer, scheduler, scaler, state, mask_gen, info, precision) -> None:
+def _save_checkpoint(path: Path, cfg, model, optimizer, scheduler, scaler, state, mask_gen, info, precision,
+                     pipeline: dict | None = None) -> None:
     rng = gather_objects(_rng_state(mask_gen, info.device), info)  # every rank's streams (a collective)
     if info.is_main:
         ckpt = {"cfg": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "state": dict(state),
-                "rng": rng, "world_size": info.world_size, "precision": precision}
+                "rng": rng, "world_size": info.world_size, "precision": precision, "pipeline": pipeline}
         atomic_save(ckpt, path)
     barrier(info)  # no rank goes on (and e.g. resumes from the file) before the checkpoint is in place
 
@@ -390,13 +436,15 @@ def atomic_save(obj, path: str | Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _read(path: str | Path, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> Data2Vec:
-    """Rebuild the Data2Vec model (student, head, EMA teacher) of a `pretrain` checkpoint, in eval mode."""
-    ck = _read(path, map_location)
-    model = Data2Vec(Data2VecConfig.from_dict(ck["cfg"]))
-    model.load_state_dict(ck["model"])
+def load_checkpoint(path: str | Path, map_location="cpu", ck: dict | None = None) -> Data2Vec:
+    """Rebuild the Data2Vec model (student, head, EMA teacher) of a `pretrain` checkpoint, in eval mode.
+    Raises CheckpointError (checkpoint.py) for a file that is not an intact d2v_mini checkpoint.
+    `ck`: the checkpoint dict when it was read already (checkpoint.read_checkpoint)."""
+    ck = read_checkpoint(path, map_location) if ck is None else ck
+    model = Data2Vec(checkpoint_config(ck, path))
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: its weights do not fit its own config ({str(e).splitlines()[0]}): "
+                              f"the file is corrupted") from None
     return model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval()

@@ -134,7 +134,8 @@ def test_fashion_mnist():
 def test_cifar10_packs_into_cache_and_limits_balanced():
     root_before = sorted(p.name for p in (data_root() / "cifar10").iterdir())
     test = CIFAR10("test", limit=205)
-    assert (cache_dir() / "cifar10" / "test.npz").is_file() and (cache_dir() / "cifar10" / "train.npz").is_file()
+    packed = sorted(p.name for p in (cache_dir() / "cifar10").glob("*/*.npz"))  # <key of the archive>/<split>.npz
+    assert packed == ["test.npz", "train.npz"]
     assert sorted(p.name for p in (data_root() / "cifar10").iterdir()) == root_before  # data root untouched
     counts = Counter(test.targets)
     assert len(test) == 205 and sorted(counts.values()) == [20] * 5 + [21] * 5
@@ -178,9 +179,12 @@ def test_trained_bpe_round_trips_and_is_cached():
     sample = read_corpus("tinyshakespeare", "valid")[:500]
     ids = tok.encode(sample)
     assert tok.decode(ids) == sample and all(4 <= i < 499 for i in ids)
-    assert (cache_dir() / "tokenizers" / "shakespeare-test-500.json").exists()
-    again = Tokenizer.train(["ignored: the cache is keyed by name"], vocab_size=500, name="shakespeare-test")
-    assert again.fingerprint == tok.fingerprint
+    cached = sorted((cache_dir() / "tokenizers").glob("shakespeare-test-500-*.json"))  # keyed by the corpus
+    assert len(cached) == 1
+    again = Tokenizer.train(text, vocab_size=500, name="shakespeare-test")  # the same corpus: read from the cache
+    assert again.fingerprint == tok.fingerprint and sorted((cache_dir() / "tokenizers").glob("shakespeare-test-500-*")) == cached
+    other = Tokenizer.train(text[: len(text) // 2], vocab_size=500, name="shakespeare-test")  # same name, other text
+    assert other.fingerprint != tok.fingerprint
     fresh = Tokenizer.train(text, vocab_size=500, name="shakespeare-test-2")  # training is deterministic
     assert fresh.encode(sample) == ids
 

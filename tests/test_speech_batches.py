@@ -95,6 +95,30 @@ def test_chained_clips_reach_the_minimum_length_from_real_clips():
             assert c % len(clips[int(v)]["source"]) == 0
 
 
+class _Sized(list):
+    """Clips with `sizes`, as the speech data sets have (read from their file headers)."""
+
+    @property
+    def sizes(self):
+        return [len(c["source"]) for c in self]
+
+
+def test_chained_clips_sizes_bound_every_utterance_so_token_batches_keep_their_budget():
+    """ChainedClips.sizes is what the token sampler (max_tokens > 0) plans with: no drawn utterance may
+    be longer, and a clip already >= min_samples keeps its own size (it is never chained)."""
+    clips = _Sized(dict(source=torch.full((n,), float(i))) for i, n in enumerate((300, 500, 700, 2000)))
+    chained = ChainedClips(clips, min_samples=1500, max_clips=3)
+    sizes = chained.sizes
+    assert sizes[3] == 2000 and all(s >= 1500 for s in sizes)
+    torch.manual_seed(0)
+    for _ in range(50):
+        for i in range(len(clips)):
+            assert len(chained[i]["source"]) <= sizes[i]
+    assert sizes[0] == min(300 + 2 * 2000, 1499 + 2000)  # under min_samples + the longest clip
+    with pytest.raises(TypeError, match="has no `sizes`"):  # clips without sizes: the sampler's own error
+        ChainedClips(list(clips), 1500).sizes
+
+
 def test_tiny_speech_pretraining_data_has_no_padding_and_long_utterances():
     cfg = preset("speech", "tiny")
     dataset, collate = pretrain_data(cfg, limit=64)

@@ -124,7 +124,8 @@ def test_pre_ln_ffn_targets_are_read_after_layer_scale():
     not all equal (as after training) the layer-normed targets differ from those of the unscaled MLP."""
     cfg = override(preset("image", "base_paper"), **{
         "encoder.dim": 32, "encoder.depth": 3, "encoder.heads": 2, "encoder.ffn_dim": 64, "encoder.image_size": 32,
-        "encoder.patch_size": 8, "encoder.drop_path": 0.0, "encoder.attn_dropout": 0.0, "targets.top_k": 2})
+        "encoder.patch_size": 8, "encoder.drop_path": 0.0, "encoder.attn_dropout": 0.0, "targets.top_k": 2,
+        "masking.num_patches": 6, "masking.min_block": 2})  # a 4 x 4 patch grid (checked since issue 10)
     assert cfg.targets.site == "ffn" and cfg.encoder.norm_first and cfg.encoder.layer_scale_init > 0
     model = Data2Vec(cfg)
     enc = model.teacher.model

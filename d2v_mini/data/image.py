@@ -21,6 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from ..errors import DataFileError
 from . import atomic_file, cache_dir
 from .download import ensure
 
@@ -110,15 +111,34 @@ def read_idx(gz_path: Path) -> np.ndarray:
 
     The file is gunzipped once into the cache (`<cache>/fashion_mnist/`) and read from there. Format:
     2 zero bytes, a type byte (0x08 = uint8), the number of dims, the dims as big-endian int32, data.
+    The cache file is keyed by the .gz file's size and modification time: a changed file is unpacked again.
+    A damaged file raises DataFileError naming it.
     """
-    raw = cache_dir() / "fashion_mnist" / f"{gz_path.name[:-3]}-{gz_path.stat().st_size}"
+    raw = cache_dir() / "fashion_mnist" / f"{gz_path.name[:-3]}-{file_key(gz_path)}"
     if not raw.exists():
-        with atomic_file(raw) as tmp, gzip.open(gz_path, "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    zero, zero2, dtype, ndim = np.fromfile(raw, dtype=np.uint8, count=4).tolist()
-    assert (zero, zero2, dtype) == (0, 0, 8), f"{raw} is not a uint8 IDX file"
+        try:
+            with atomic_file(raw) as tmp, gzip.open(gz_path, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (OSError, EOFError) as e:
+            raise DataFileError(f"{gz_path} cannot be gunzipped ({e}): the download is damaged; "
+                                f"fetch it again") from None
+    head = np.fromfile(raw, dtype=np.uint8, count=4).tolist()
+    if len(head) < 4 or head[:3] != [0, 0, 8]:
+        raise DataFileError(f"{gz_path} is not a uint8 IDX file (header {head}): expected Fashion-MNIST's "
+                            f"original files")
+    ndim = head[3]
     dims = np.fromfile(raw, dtype=">i4", count=ndim, offset=4)
-    return np.fromfile(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(*dims)
+    data = np.fromfile(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if len(dims) != ndim or data.size != int(np.prod(dims)):
+        raise DataFileError(f"{gz_path} is truncated: its header says {dims.tolist()} ({int(np.prod(dims))} bytes), "
+                            f"it holds {data.size}; fetch it again")
+    return data.reshape(*dims)
+
+
+def file_key(path: Path) -> str:
+    """A cache key for a file's content: its size and modification time (ns), cheap even for large archives."""
+    st = Path(path).stat()
+    return f"{st.st_size}-{st.st_mtime_ns}"
 
 
 class FashionMNIST(Dataset):
@@ -170,7 +190,16 @@ class _LabelledImages(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict:
-        image, label = self.base[self.indices[i]]
+        j = self.indices[i]
+        try:
+            image, label = self.base[j]
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError (an OSError), truncated data
+            if isinstance(e, DataFileError):
+                raise
+            samples = getattr(self.base, "samples", None)
+            name = samples[j][0] if samples else f"image {j}"
+            raise DataFileError(f"cannot decode {name} ({e}): replace the file, or pass --skip-bad-files "
+                                f"(SkipBadItems) to skip unreadable files") from None
         return dict(source=self.transform(image), label=label)
 
 
@@ -189,18 +218,23 @@ class PackedJPEGs(Dataset):
     """(RGB PIL image, label) pairs from one split of a `<split>/<class>/<file>.jpg` tar archive.
 
     The first use reads the archive once and packs each split into one cache file,
-    `<cache>/<name>/<split>.npz`: `blob` (all JPEG bytes concatenated), `offsets` [N + 1] (image i is
-    blob[offsets[i]:offsets[i+1]]), `labels` [N], `classes`. Images are sorted by (class, file name),
-    the order `ImageFolder` uses, and decoded on access. One packed file instead of 60,000 small
-    ones: unpacking CIFAR-10 file by file took 13-70 s on a busy 2-core machine, packing takes ~3 s.
+    `<cache>/<name>/<key>/<split>.npz` (key: the archive's size and modification time, so a changed
+    archive is packed again): `blob` (all JPEG bytes concatenated), `offsets` [N + 1] (image i is
+    blob[offsets[i]:offsets[i+1]]), `labels` [N], `classes`, `names` [N] (the archive members).
+    Images are sorted by (class, file name), the order `ImageFolder` uses, and decoded on access. One
+    packed file instead of 60,000 small ones: unpacking CIFAR-10 file by file took 13-70 s on a busy
+    2-core machine, packing takes ~3 s.
     """
 
     def __init__(self, archive: Path, split: str, name: str):
-        path = cache_dir() / name / f"{split}.npz"
+        path = cache_dir() / name / file_key(archive) / f"{split}.npz"
         if not path.exists():
             self.pack(archive, path.parent)
+        if not path.exists():
+            raise DataFileError(f"{archive} has no {split}/ images: expected members <split>/<class>/<file>.jpg")
+        self.archive = archive
         with np.load(path) as f:
-            self.blob, self.offsets = f["blob"], f["offsets"]
+            self.blob, self.offsets, self.names = f["blob"], f["offsets"], f["names"].tolist()
             self.targets, self.classes = f["labels"].tolist(), f["classes"].tolist()
 
     def __len__(self) -> int:
@@ -208,16 +242,27 @@ class PackedJPEGs(Dataset):
 
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:
         jpeg = self.blob[self.offsets[i]:self.offsets[i + 1]].tobytes()
-        return Image.open(io.BytesIO(jpeg)).convert("RGB"), self.targets[i]
+        try:
+            return Image.open(io.BytesIO(jpeg)).convert("RGB"), self.targets[i]
+        except (OSError, ValueError, SyntaxError) as e:
+            raise DataFileError(f"cannot decode {self.names[i]} in {self.archive} ({e}): the archive is damaged; "
+                                f"fetch it again, or pass --skip-bad-files (SkipBadItems)") from None
 
     @staticmethod
     def pack(archive: Path, folder: Path) -> None:
         splits: dict[str, list[tuple[str, str, bytes]]] = {}
-        with tarfile.open(archive) as tar:
-            for member in tar:  # one streaming pass over the gzip stream
-                if member.isfile() and member.name.endswith(".jpg"):
-                    split, cls, file = member.name.split("/")
-                    splits.setdefault(split, []).append((cls, file, tar.extractfile(member).read()))
+        try:
+            with tarfile.open(archive) as tar:
+                for member in tar:  # one streaming pass over the gzip stream
+                    if member.isfile() and member.name.endswith(".jpg"):
+                        parts = member.name.removeprefix("./").split("/")
+                        if len(parts) != 3:
+                            raise DataFileError(f"{archive}: member {member.name} is not <split>/<class>/<file>.jpg "
+                                                f"(the layout this loader reads)")
+                        split, cls, file = parts
+                        splits.setdefault(split, []).append((cls, file, tar.extractfile(member).read()))
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataFileError(f"{archive} cannot be read as a tar archive ({e}): fetch it again") from None
         for split, files in splits.items():
             files.sort()
             classes = sorted({cls for cls, _, _ in files})
@@ -225,7 +270,8 @@ class PackedJPEGs(Dataset):
             with atomic_file(folder / f"{split}.npz") as tmp, open(tmp, "wb") as f:
                 np.savez(f, blob=np.frombuffer(b"".join(jpeg for _, _, jpeg in files), dtype=np.uint8),
                          offsets=np.concatenate([[0], np.cumsum(sizes)]),
-                         labels=np.array([classes.index(cls) for cls, _, _ in files]), classes=np.array(classes))
+                         labels=np.array([classes.index(cls) for cls, _, _ in files]), classes=np.array(classes),
+                         names=np.array([f"{split}/{cls}/{file}" for cls, file, _ in files]))
 
 
 class CIFAR10(_LabelledImages):

@@ -20,6 +20,7 @@ import torchaudio.functional as AF
 from einops import reduce
 from torch.utils.data import Dataset
 
+from ..errors import DataFileError
 from . import data_root
 from .download import download_allowed, ensure, hub_download, mirror_url
 
@@ -29,8 +30,17 @@ def load_audio(path: str | Path | BinaryIO, sample_rate: int | None = 16_000) ->
 
     Multichannel audio is downmixed to mono by averaging the channels. If the file's rate differs
     from `sample_rate`, it is resampled with `torchaudio.functional.resample` (None: keep the rate).
+    A file that cannot be decoded raises DataFileError naming it (a missing one FileNotFoundError).
     """
-    wav, rate = sf.read(path, dtype="float32", always_2d=True)  # [N, C]
+    if isinstance(path, (str, Path)) and not Path(path).exists():
+        raise FileNotFoundError(f"audio file {path} does not exist")
+    try:
+        wav, rate = sf.read(path, dtype="float32", always_2d=True)  # [N, C]
+    except (RuntimeError, OSError, ValueError, EOFError) as e:  # soundfile.LibsndfileError is a RuntimeError
+        name = path if isinstance(path, (str, Path)) else getattr(path, "name", "an in-memory audio file")
+        raise DataFileError(f"cannot decode audio file {name} ({str(e).strip() or type(e).__name__}): the file is "
+                            f"corrupted or not WAV/FLAC; replace it, or pass --skip-bad-files (SkipBadItems) "
+                            f"to skip unreadable files") from None
     wav = reduce(torch.from_numpy(wav), "n c -> n", "mean")
     if sample_rate is not None and rate != sample_rate:
         wav = AF.resample(wav, orig_freq=rate, new_freq=sample_rate)
@@ -39,8 +49,16 @@ def load_audio(path: str | Path | BinaryIO, sample_rate: int | None = 16_000) ->
 
 def audio_size(path: str | Path | BinaryIO, sample_rate: int | None = 16_000) -> int:
     """Samples `load_audio(path, sample_rate)` returns, from the file header (nothing decoded):
-    ceil(frames x sample_rate / file rate), the length torchaudio's resampling gives."""
-    info = sf.info(path)
+    ceil(frames x sample_rate / file rate), the length torchaudio's resampling gives. A header that
+    cannot be read raises DataFileError naming the file."""
+    try:
+        info = sf.info(path)
+    except (RuntimeError, OSError, ValueError, EOFError) as e:  # soundfile.LibsndfileError is a RuntimeError
+        if isinstance(e, FileNotFoundError):
+            raise
+        name = path if isinstance(path, (str, Path)) else getattr(path, "name", "an in-memory audio file")
+        raise DataFileError(f"cannot read the header of audio file {name} ({str(e).strip() or type(e).__name__}): "
+                            f"the file is corrupted or not WAV/FLAC; replace it") from None
     if sample_rate is None or info.samplerate == sample_rate:
         return int(info.frames)
     return -(-info.frames * sample_rate // info.samplerate)
@@ -94,7 +112,15 @@ class FSDD(_AudioFiles):
             raise ValueError(f"FSDD split must be 'train', 'test' or 'all', not {split!r}")
         folder = ensure("fsdd/recordings", root, download)  # download: None = unless D2V_DOWNLOAD=never
         files = sorted(folder.glob("*.wav"))
+        if not files:
+            raise DataFileError(f"{folder} holds no .wav file: expected FSDD's {{digit}}_{{speaker}}_{{take}}.wav "
+                                f"recordings there")
         meta = [p.stem.split("_") for p in files]  # [digit, speaker, take]
+        odd = [p.name for p, m in zip(files, meta) if len(m) != 3 or not (m[0].isdigit() and m[2].isdigit())]
+        if odd:
+            raise DataFileError(f"{folder}: {len(odd)} file name(s) not of the form "
+                                f"{{digit}}_{{speaker}}_{{take}}.wav, e.g. {odd[0]}: move them out of the recordings "
+                                f"folder")
         self.speakers = sorted({speaker for _, speaker, _ in meta})
         chosen = [(p, m) for p, m in zip(files, meta) if split == "all" or (int(m[2]) < 5) == (split == "test")]
         super().__init__([p for p, _ in chosen], sample_rate, normalize)
@@ -279,14 +305,17 @@ class ChainedClips(Dataset):
         return len(self.dataset)
 
     @property
-    def sizes(self):
-        """Samples per item, int [N], for token-budget batches (batching.py): max(own clip, min_samples),
-        a lower bound of the chained length (exact once cropped to a crop <= min_samples)."""
-        import numpy as np
-
+    def sizes(self) -> list[int]:
+        """The most samples each item can hold, [N] ints, from the clips' sizes (their file headers): a clip
+        of >= min_samples stays alone; a shorter one grows to under min_samples + the longest clip (and at
+        most max_clips clips). An upper bound, so that token batches (batching.TokenBatchSampler, which
+        sizes batches by their longest item) never exceed their budget once the collator crops them."""
         from ..batching import dataset_sizes
 
-        return np.maximum(dataset_sizes(self.dataset), self.min_samples)
+        base = dataset_sizes(self.dataset)
+        longest = int(base.max()) if len(base) else 0
+        return [int(n) if n >= self.min_samples else
+                min(int(n) + (self.max_clips - 1) * longest, self.min_samples - 1 + longest) for n in base]
 
     def __getitem__(self, i: int) -> dict:
         parts = [self.dataset[i]["source"]]

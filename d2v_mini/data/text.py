@@ -60,7 +60,10 @@ class Tokenizer:
             return _GPT2[folder.resolve()]
         folder = ensure("tokenizers/gpt2", root, download)  # no pinned hash: structure checked below
         backend = ByteLevelBPETokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"))
-        assert backend.get_vocab_size() == 50257, f"{folder} does not hold GPT-2's 50,257 tokens"
+        if backend.get_vocab_size() != 50257:
+            from ..errors import DataFileError
+            raise DataFileError(f"{folder} does not hold GPT-2's 50,257-token BPE (vocab.json has "
+                                f"{backend.get_vocab_size()}): restore GPT-2's vocab.json and merges.txt there")
         _GPT2[folder.resolve()] = cls(backend, "gpt2", offset=4, vocab_size=50265)
         return _GPT2[folder.resolve()]
 
@@ -71,16 +74,24 @@ class Tokenizer:
 
         `texts_or_files`: a `Path` / list of `Path`s (files), or a string / list of strings (text).
         Specials `<s>,<pad>,</s>,<unk>` get ids 0-3 and `<mask>` the last id, vocab_size - 1.
-        Cached as `<cache>/tokenizers/<name>-<vocab_size>.json` and reused when present: `name`
-        must identify the training data.
+        Cached as `<cache>/tokenizers/<name>-<vocab_size>-<key>.json`, `key` a hash of the training
+        text, vocab_size and min_frequency: a changed corpus trains a new tokenizer. A corpus with no
+        non-blank line raises ValueError (and caches nothing).
         """
-        path = cache_dir() / "tokenizers" / f"{name}-{vocab_size}.json"
+        items = [texts_or_files] if isinstance(texts_or_files, (str, Path)) else list(texts_or_files)
+        texts = [read_utf8(item) if isinstance(item, Path) else item for item in items]
+        digest = hashlib.sha256(f"{vocab_size}\0{min_frequency}".encode())
+        for text in texts:
+            digest.update(b"\0" + text.encode("utf-8", "surrogatepass"))
+        path = cache_dir() / "tokenizers" / f"{name}-{vocab_size}-{digest.hexdigest()[:16]}.json"
         if not path.exists():
-            items = [texts_or_files] if isinstance(texts_or_files, (str, Path)) else list(texts_or_files)
-            texts = (item.read_text(encoding="utf-8") if isinstance(item, Path) else item for item in items)
-            lines = (line.strip() for text in texts for line in text.splitlines())
+            lines = [line.strip() for text in texts for line in text.splitlines() if line.strip()]
+            if not lines:
+                files = [str(i) for i in items if isinstance(i, Path)]
+                raise ValueError(f"cannot train tokenizer {name!r}: its corpus has no non-blank line"
+                                 + (f" ({', '.join(files)})" if files else "") + ": check the data files")
             backend = ByteLevelBPETokenizer()
-            backend.train_from_iterator((line for line in lines if line), vocab_size=vocab_size - 1,
+            backend.train_from_iterator(lines, vocab_size=vocab_size - 1,
                                         min_frequency=min_frequency, special_tokens=SPECIALS, show_progress=False)
             backend.add_special_tokens(["<mask>"])
             with atomic_file(path) as tmp:
@@ -91,6 +102,21 @@ class Tokenizer:
             warnings.warn(f"tokenizer {name}: the corpus only supports {size} tokens, not {vocab_size}", stacklevel=2)
         assert backend.token_to_id("<mask>") == size - 1 and backend.token_to_id("<pad>") == PAD_ID
         return cls(backend, name, offset=0, vocab_size=size)
+
+    @classmethod
+    def from_str(cls, text: str, name: str) -> "Tokenizer":
+        """A trained tokenizer from `to_str()` (e.g. stored in a checkpoint); its fingerprint is the original's."""
+        try:
+            backend = HFTokenizer.from_str(text)
+        except Exception as e:  # noqa: BLE001 - the Rust error type is not importable
+            raise ValueError(f"the stored tokenizer {name!r} cannot be read ({e})") from None
+        if backend.token_to_id("<pad>") != PAD_ID or backend.token_to_id("<mask>") != backend.get_vocab_size() - 1:
+            raise ValueError(f"the stored tokenizer {name!r} does not have RoBERTa's special ids")
+        return cls(backend, name, offset=0, vocab_size=backend.get_vocab_size())
+
+    def to_str(self) -> str:
+        """The tokenizer as JSON text (`tokenizers` format), for `from_str`."""
+        return self.backend.to_str()
 
     def encode(self, text: str) -> list[int]:
         return [i + self.offset for i in self.backend.encode(text).ids]
@@ -127,6 +153,18 @@ SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2d
 CORPORA = ("tinyshakespeare", "wikitext-2", "wikitext-103")
 
 
+def read_utf8(path: Path) -> str:
+    """The text of a UTF-8 file; a file that is not UTF-8 raises DataFileError naming it and the offset."""
+    from ..errors import DataFileError
+
+    raw = Path(path).read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataFileError(f"{path} is not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start}): convert it, "
+                            f"e.g. `iconv -f latin1 -t utf-8 {path} > {Path(path).name}.utf8`") from None
+
+
 def read_corpus(name: str, split: str, root: str | Path | None = None, download: bool | None = None) -> str:
     """The raw text of a corpus split.
 
@@ -141,10 +179,14 @@ def read_corpus(name: str, split: str, root: str | Path | None = None, download:
     if name not in CORPORA or split not in ("train", "valid", "test") or (name, split) == ("tinyshakespeare", "test"):
         raise ValueError(f"unknown corpus/split {name!r}/{split!r}; corpora: {CORPORA}, splits train/valid(/test)")
     if name == "tinyshakespeare":
-        text = ensure("text/tinyshakespeare/input.txt", root, download).read_text(encoding="utf-8")
+        path = ensure("text/tinyshakespeare/input.txt", root, download)
+        text = read_utf8(path)
+        if not text.strip():
+            from ..errors import DataFileError
+            raise DataFileError(f"{path} is empty: restore tiny-shakespeare's input.txt")
         cut = int(0.9 * len(text))
         return text[:cut] if split == "train" else text[cut:]
-    return ensure(f"text/{name}/{split}.txt", root, download).read_text(encoding="utf-8")
+    return read_utf8(ensure(f"text/{name}/{split}.txt", root, download))
 
 
 def _download_wikitext(name: str, split: str, path: Path) -> None:
