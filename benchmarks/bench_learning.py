@@ -47,7 +47,8 @@ def parse_sets(items: list[str]) -> dict:
 
 
 def run(modality: str, seeds: list[int], scales: list[float], random_inits: int, sets: dict, quick: bool,
-        out_dir: Path, dataset: str | None = None) -> dict:
+        out_dir: Path, dataset: str | None = None, long_seeds: int | None = None) -> dict:
+    """One modality's row. Scales above 1 run the first `long_seeds` seeds only (default: all)."""
     spec = demo.SPECS[modality]
     if dataset:
         spec = dataclasses.replace(spec, dataset=dataset)
@@ -60,7 +61,7 @@ def run(modality: str, seeds: list[int], scales: list[float], random_inits: int,
         row["random_init"].append(probes.score(random_init_encoder(cfg, seed=1000 + k)))
     for scale in scales:
         runs = []
-        for seed in seeds:
+        for seed in (seeds if scale <= 1 or long_seeds is None else seeds[:long_seeds]):
             res, info = demo.pretrain_tiny(spec, out_dir / f"{modality}-x{scale}-s{seed}", seed=seed,
                                            steps_scale=scale * (0.1 if quick else 1.0), overrides=sets)
             runs.append(dict(seed=seed, **info, probe=probes.score(res.model.student)))
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--scales", default="1,2,4", help="multiples of the demo's steps")
     p.add_argument("--random-inits", type=int, default=3)
+    p.add_argument("--long-seeds", type=int, default=None, help="seeds run at scales > 1 (default: all of --seeds)")
     p.add_argument("--set", action="append", default=[], help="config override KEY=VALUE (repeatable)")
     p.add_argument("--dataset", default=None, help="pretraining data set instead of the demo's (one modality)")
     p.add_argument("--threads", type=int, default=1)
@@ -112,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     for m in args.modalities.split(","):
         print(f"== {m} ==", flush=True)
         rows.append(run(m, [int(s) for s in args.seeds.split(",")], [float(s) for s in args.scales.split(",")],
-                        args.random_inits, sets, args.quick, out, args.dataset))
+                        args.random_inits, sets, args.quick, out, args.dataset,
+                        args.long_seeds))
     print(table(rows))
     path = Path(args.json or out / "results.json")
     path.parent.mkdir(parents=True, exist_ok=True)
