@@ -41,15 +41,12 @@ class DemoSpec:
     task: str | None = None  # None: pipeline.default_probe(modality)
 
 
-# Chosen so that pretraining beats random init honestly in minutes of CPU. Measured (seed 0 / seed 1,
-# probe accuracy minus the mean of 3 random inits): speech +0.12 / +0.05, image +0.11 / +0.10, text
-# +0.11 / +0.09. Pretraining data = the unlabelled train split of the probe's data set (FSDD train,
-# Fashion-MNIST train, the subjectivity train sentences): the test split is never seen. Text does not
-# use the pipeline's defaults (tiny-shakespeare -> sentence_polarity): after minutes of pretraining, on
-# tiny-shakespeare or on the polarity sentences themselves, the polarity probe stays at the random-init
-# level (0.56-0.58 vs 0.57), while the subjectivity probe gains ~0.1. Speech stops at 200 steps on
-# purpose: longer runs (or lr >= 1e-3) drive the loss towards 0.06 and the probe back down to the
-# random-init level (400 steps: 0.36 vs 0.31).
+# The tiny setups, one per modality; benchmarks/bench_learning.py measures them (3 seeds, 1x / 2x / 4x the
+# steps, probes on other tasks too, raw-input baselines; README "Does pretraining transfer?"). Pretraining data =
+# the unlabelled train split of the probe's data set (FSDD train clips, chained into 2 s utterances by the tiny
+# speech preset; Fashion-MNIST train; the subjectivity train sentences): no test item is ever seen. Text does
+# not use the pipeline's default corpus (tiny-shakespeare): minutes of pretraining on it leave every sentence
+# probe at the random-init level.
 SPECS = {
     "speech": DemoSpec("speech", steps=200, probe_train=1500, probe_test=300, layer="mean"),
     "image": DemoSpec("image", steps=300, probe_train=5000, probe_test=2000, layer="mean"),

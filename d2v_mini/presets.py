@@ -17,7 +17,7 @@ What one optimizer update holds (`batching.describe_update`, the `update` column
 |               | per batch, batch_size 16     | 16 kHz audio): fairseq's 16 GPUs x 1 batch; with G GPUs set    |
 |               | batches per update           | accum_steps = 16 / G (one GPU: 16)                             |
 | small         | by clips: batch_size 16      | 16 clips cropped to <= 4 s: at most 1.02M samples (1.1 min)    |
-| tiny          | by clips: batch_size 16      | 16 clips cropped to <= 1 s: at most 256k samples (0.3 min)     |
+| tiny          | by clips: batch_size 16      | 16 utterances of chained FSDD clips, cropped to 2 s: 512k samples |
 The pretraining collator crops each batch to its shortest clip, so a batch never holds more than its budget.
 
     cfg = preset("speech", "base");  model = Data2Vec(cfg)
