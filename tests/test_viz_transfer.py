@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from d2v_mini.demo import DemoSpec  # noqa: E402
 from d2v_mini.viz.transfer import benchmark_path, format_transfer, load_benchmark, plot_transfer  # noqa: E402
 
 VIEWS = ("fsdd_digits", "fsdd_speakers")
@@ -88,6 +89,12 @@ def test_load_benchmark(tmp_path, capsys):
     assert load_benchmark(path, modality="speech") == ROW
     assert load_benchmark(path, modality="text") is None
     assert "no text row" in capsys.readouterr().out
+    spec = DemoSpec("speech", steps=200, probe_train=1500, probe_test=300, layer="mean")
+    path.write_text(json.dumps({"rows": [{**ROW, "spec": vars(spec), "overrides": {}}]}))
+    assert load_benchmark(path, modality="speech", spec=spec) is not None
+    assert "note" not in capsys.readouterr().out
+    load_benchmark(path, modality="speech", spec=DemoSpec("speech", 400, 1500, 300, "mean"))
+    assert "rerun benchmarks/bench_learning.py" in capsys.readouterr().out
     path.write_text(json.dumps([ROW]))
     with pytest.raises(ValueError, match="bench_learning"):
         load_benchmark(path)
@@ -103,3 +110,30 @@ def test_format_transfer_margins_in_standard_errors():
     z = (0.47 - statistics.fmean(rnd)) / _se(rnd)
     assert lines[1].split()[-1] == f"{z:+.1f}" and "0.900" in lines[1]
     assert float(lines[2].split()[-1]) < 0  # speakers: worse than the random inits' mean
+
+
+def test_probe_suite_extracts_features_on_the_given_device(monkeypatch):
+    """The notebooks' GPU profiles score on their GPU: ProbeSuite.score passes `device` to the extraction."""
+    import torch
+
+    from d2v_mini import transfer
+
+    seen = []
+
+    def fake_extract(encoder, split, collate_fn, *, layer, device="cpu"):
+        seen.append(device)
+        g = torch.Generator().manual_seed(len(seen))
+        return torch.randn(len(split), 4, generator=g), torch.tensor([item["label"] for item in split])
+
+    monkeypatch.setattr(transfer, "extract_features", fake_extract)
+    items = [dict(source=torch.zeros(3), label=k % 2, speaker=k % 3) for k in range(40)]
+    task = type("Task", (), dict(train=items, test=items[:10], collate_fn=None, num_classes=3))()
+    suite = object.__new__(transfer.ProbeSuite)
+    suite.spec = DemoSpec("speech", steps=1, probe_train=40, probe_test=10, layer="mean")
+    suite.tasks = {"fsdd_digits": task}
+    suite.labels = {v: tuple(torch.tensor([it[key] for it in split]) for split in (task.train, task.test))
+                    for v, key in (("fsdd_digits", "label"), ("fsdd_speakers", "speaker"))}
+    scores = suite.score(torch.nn.Identity(), device="meta")
+    assert seen == ["meta", "meta"] and set(scores) == {"fsdd_digits", "fsdd_speakers"}
+    suite.score(torch.nn.Identity())
+    assert seen[2:] == ["cpu", "cpu"]

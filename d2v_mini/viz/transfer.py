@@ -30,10 +30,11 @@ def benchmark_path() -> Path:
     return Path(d2v_mini.__file__).resolve().parents[1] / "benchmarks" / "results" / "learning.json"
 
 
-def load_benchmark(path: str | Path | None = None, modality: str | None = None):
+def load_benchmark(path: str | Path | None = None, modality: str | None = None, spec=None):
     """The learning benchmark's results (bench_learning.py's JSON: dict(rows=[...])) from `path` (default
     `benchmark_path()`), or with `modality` only that modality's row. None, with a printed note, when the
-    file (e.g. a wheel installed on Colab has no benchmarks/ folder) or the modality's row is missing."""
+    file (e.g. a wheel installed on Colab has no benchmarks/ folder) or the modality's row is missing.
+    `spec` (a demo.DemoSpec): print a note when the row was run with another spec or with overrides."""
     path = Path(path) if path is not None else benchmark_path()
     if not path.exists():
         print(f"note: no learning benchmark results at {path} (a source checkout has them; run "
@@ -47,6 +48,9 @@ def load_benchmark(path: str | Path | None = None, modality: str | None = None):
     row = next((r for r in bench["rows"] if r.get("modality") == modality), None)
     if row is None:
         print(f"note: {path} has no {modality} row (it has {[r.get('modality') for r in bench['rows']]}).")
+    elif spec is not None and (row.get("spec") != vars(spec) or row.get("overrides")):
+        print(f"note: the benchmark's {modality} row was run with {row.get('spec')} and overrides "
+              f"{row.get('overrides') or {}}, not with {vars(spec)}: rerun benchmarks/bench_learning.py.")
     return row
 
 
