@@ -70,8 +70,11 @@ def test_this_run_dots_and_chance_lines():
     assert dots[0].get_xdata()[0] > right_of_bars  # a slot of its own, not on top of a bar
     labels = ax.get_legend_handles_labels()[1]
     assert "chance" in labels and "this run" in labels
-    with pytest.raises(ValueError, match="views"):
-        plot_transfer(ROW, this_run={"fsdd_digits": 0.5})
+    ax = plot_transfer(ROW, this_run={"fsdd_digits": 0.5, "other_view": 0.9})  # an older benchmark file
+    dots = [ln for ln in ax.get_lines() if ln.get_label() == "this run"]
+    assert list(dots[0].get_ydata()) == [0.5]
+    with pytest.raises(ValueError, match="none in common"):
+        plot_transfer(ROW, this_run={"other_view": 0.5})
 
 
 def test_a_run_alone_without_pretrained_seeds():
