@@ -71,9 +71,10 @@ class ProbeSuite:
             out[view] = linear_probe(xtr, ytr, xte, yte, num_classes=self.tasks[task].num_classes)["accuracy"]
         return out
 
-    def score(self, encoder) -> dict[str, float]:
-        """Linear-probe test accuracy of a frozen encoder (or a Data2Vec's student) on every view."""
-        feats = {name: tuple(extract_features(encoder, split, t.collate_fn, layer=self.spec.layer)[0]
+    def score(self, encoder, device: str | torch.device = "cpu") -> dict[str, float]:
+        """Linear-probe test accuracy of a frozen encoder (or a Data2Vec's student) on every view; the
+        features are extracted on `device` (the encoder is moved there), the probes fit on the CPU."""
+        feats = {name: tuple(extract_features(encoder, split, t.collate_fn, layer=self.spec.layer, device=device)[0]
                              for split in (t.train, t.test)) for name, t in self.tasks.items()}
         return self._views(feats)
 
