@@ -46,6 +46,8 @@ IMAGENET_TRAIN = 1_281_167
 SMALL_STEPS = 3000  # the GPU profile's run (notebook.SCALE["small"] x 300)
 SMALL_BUDGET_FLOPS = 20e12 * 600  # 10 min of a T4 at an assumed sustained 20 TFLOP/s (fp16)
 SMALL_EMA = EMAConfig(decay_start=0.998, decay_end=0.999, anneal_steps=SMALL_STEPS)
+# fairseq's thresholds, checked after the warm-up and within the first sixth of the small run
+SMALL_GUARD = GuardConfig(min_target_var=0.1, min_pred_var=0.01, after_steps=500)
 NO_GUARD = GuardConfig(min_target_var=0.0, min_pred_var=0.0)  # no collapse check (no preset uses it)
 
 # Collapse guard (train.py stops with CollapseError): every preset has one. target_var / pred_var are fairseq's
@@ -100,7 +102,7 @@ def speech_small() -> Data2VecConfig:
                    ema=replace(c.ema, **_small_ema()),
                    # one update: 16 clips of <= 4 s (batched by clip count), at most 1.02M samples
                    optim=replace(c.optim, total_steps=SMALL_STEPS, warmup_steps=90, batch_size=16, max_tokens=0),
-                   guard=replace(c.guard, after_steps=1000))
+                   guard=SMALL_GUARD)
 
 
 def speech_tiny() -> Data2VecConfig:
@@ -168,7 +170,7 @@ def image_small() -> Data2VecConfig:
     enc = replace(c.encoder, dim=384, depth=8, heads=6, ffn_dim=1536, image_size=32, patch_size=4,
                   layer_scale_init=0.1, drop_path=0.1, attn_dropout=0.0, abs_pos_emb=True)
     return replace(c, name="small", encoder=enc, masking=replace(c.masking, num_patches=38, min_block=4),
-                   targets=replace(c.targets, top_k=4), ema=replace(c.ema, **_small_ema()),
+                   targets=replace(c.targets, top_k=4), ema=replace(c.ema, **_small_ema()), guard=SMALL_GUARD,
                    optim=replace(c.optim, lr=1.5e-3, batch_size=256, warmup_steps=200, total_steps=SMALL_STEPS,
                                  min_lr_ratio=0.01))
 
@@ -231,7 +233,7 @@ def text_small() -> Data2VecConfig:
     """The GPU profile (see the module docstring): WikiText-103 in GPT-2's BPE, blocks of 256 tokens."""
     c = text_base()
     return replace(c, name="small", encoder=TextConfig(dim=512, depth=8, heads=8, ffn_dim=2048, max_positions=258),
-                   targets=replace(c.targets, top_k=6), crop=256, ema=replace(c.ema, **_small_ema()),
+                   targets=replace(c.targets, top_k=6), crop=256, ema=replace(c.ema, **_small_ema()), guard=SMALL_GUARD,
                    optim=replace(c.optim, lr=5e-4, batch_size=32, warmup_steps=300, total_steps=SMALL_STEPS))
 
 
