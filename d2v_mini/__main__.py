@@ -116,6 +116,13 @@ def _download_flag(s: argparse.ArgumentParser) -> None:
                    help="never download a missing data set (the same as D2V_DOWNLOAD=never)")
 
 
+def _preset_names() -> list[str]:
+    """Every preset name of any modality, in table order (`python -m d2v_mini presets`)."""
+    from .presets import PRESETS
+
+    return list(dict.fromkeys(name for table in PRESETS.values() for name in table))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m d2v_mini", description="data2vec, small and readable")
     sub = p.add_subparsers(dest="command", required=True)
@@ -126,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("pretrain", help="pretrain a preset on its modality's default data set")
     s.add_argument("--modality", required=True, choices=["speech", "image", "text"])
-    s.add_argument("--preset", default="tiny", choices=["tiny", "small", "base", "large", "base_paper"])
+    s.add_argument("--preset", default="tiny", choices=_preset_names(),
+                   help="a preset of the modality (1.0: tiny, small, base, ...; 2.0: tiny_v2, ..., large_v2)")
     s.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's total_steps)")
     s.add_argument("--out", default=None, help="output folder (default runs/<modality>-<preset>)")
     s.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")

@@ -23,6 +23,7 @@ from dataclasses import replace
 
 from .config import (Data2VecConfig, EMAConfig, GuardConfig, ImageConfig, LossConfig, MaskingConfig, OptimConfig,
                      SpeechConfig, TargetConfig, TextConfig)
+from .presets_v2 import PRESETS_V2
 
 IMAGENET_TRAIN = 1_281_167
 NO_GUARD = GuardConfig(min_target_var=0.0, min_pred_var=0.0)
@@ -208,6 +209,8 @@ PRESETS = {
     "text": {"tiny": text_tiny, "small": text_small, "base": text_base, "base_paper": text_base_paper,
              "large": text_large},
 }
+for _modality, _table in PRESETS_V2.items():
+    PRESETS[_modality].update(_table)  # data2vec 2.0: tiny_v2 / small_v2 / base_v2 / large_v2 (presets_v2.py)
 
 # encoder parameter counts of the released checkpoints (Hugging Face Data2Vec*Model, no pooler)
 RELEASED_PARAMS = {("image", "base"): 85.7e6, ("image", "large"): 303.1e6, ("speech", "base"): 93.2e6,
@@ -229,6 +232,7 @@ def preset_rows() -> list[dict]:
 
     from .batching import describe_update
     from .encoder import build_encoder
+    from .presets_v2 import describe_masking as describe_v2_masking
 
     rows = []
     for modality, names in PRESETS.items():
@@ -237,7 +241,7 @@ def preset_rows() -> list[dict]:
             with torch.device("meta"):  # count parameters without allocating them
                 n = build_encoder(c).num_params()
             m = c.masking
-            masking = {"span": f"span p={m.prob} len={m.length}",
+            masking = describe_v2_masking(c) if c.version == 2 else {"span": f"span p={m.prob} len={m.length}",
                        "block": f"block {m.num_patches} patches (min {m.min_block})",
                        "bert": f"bert p={m.prob} len={m.length} rand={m.random_token_prob} keep={m.leave_unmasked_prob}",
                        }[m.kind]

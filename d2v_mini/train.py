@@ -51,6 +51,7 @@ from tqdm.auto import tqdm
 from .batching import TokenBatchSampler, check_token_update, collate_limits, dataset_sizes
 from .config import Data2VecConfig
 from .data2vec import Data2Vec
+from .data2vec2 import build_model
 from .distributed import DistInfo, ShardSampler, all_reduce_sum, barrier, gather_objects, init_distributed
 from .schedule import build_optimizer, build_scheduler
 
@@ -128,7 +129,7 @@ def _pretrain(cfg, dataset, collate_fn, opts: TrainOptions, model, info: DistInf
 
     if model is None:
         torch.manual_seed(opts.seed)  # the same initial weights on every rank
-        model = Data2Vec(cfg)
+        model = build_model(cfg)  # Data2Vec, or Data2Vec2 for a 2.0 config
     elif any(getattr(model.cfg, k) != getattr(cfg, k) for k in ("modality", "encoder", "targets", "ema", "loss")):
         raise ValueError("`model` was built from a different config than `cfg`: pass cfg=model.cfg "
                          "(optim, guard and masking fields may differ)")
@@ -340,6 +341,6 @@ def _read(path: str | Path, map_location="cpu") -> dict:
 def load_checkpoint(path: str | Path, map_location="cpu") -> Data2Vec:
     """Rebuild the Data2Vec model (student, head, EMA teacher) of a `pretrain` checkpoint, in eval mode."""
     ck = _read(path, map_location)
-    model = Data2Vec(Data2VecConfig.from_dict(ck["cfg"]))
+    model = build_model(Data2VecConfig.from_dict(ck["cfg"]))
     model.load_state_dict(ck["model"])
     return model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval()
