@@ -5,6 +5,7 @@
     torchrun --nproc_per_node=K -m d2v_mini pretrain ...       # the same, data-parallel
     python -m d2v_mini probe --checkpoint DIR/checkpoint.pt [--task NAME] [--layer last|mean|INT]
     python -m d2v_mini demo [--out runs/demo] [--steps-scale F]  # tiny pretraining + probes, all modalities
+    python -m d2v_mini demo --version 2                          # the same with data2vec 2.0 (runs/demo_v2)
 
 Data sets are read from $D2V_DATA (default ./data) and downloaded there when missing: from $D2V_MIRROR_URL
 if set, else from their original hosts; `--no-download` (or D2V_DOWNLOAD=never) forbids it. A data set that
@@ -108,7 +109,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
     run_demo(out_dir=args.out, steps_scale=args.steps_scale, modalities=args.modalities, seed=args.seed,
-             threads=args.threads, random_inits=args.random_inits)
+             threads=args.threads, random_inits=args.random_inits, version=args.version)
 
 
 def _download_flag(s: argparse.ArgumentParser) -> None:
@@ -173,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_probe)
 
     s = sub.add_parser("demo", help="tiny pretraining of each modality, probed against random init")
-    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--out", default=None, help="output folder (default runs/demo, or runs/demo_v2 with --version 2)")
+    s.add_argument("--version", type=int, default=1, choices=[1, 2], help="1: data2vec, 2: data2vec 2.0 (tiny_v2)")
     s.add_argument("--steps-scale", type=float, default=1.0, help="multiply every modality's steps by F")
     s.add_argument("--modalities", nargs="+", default=["speech", "image", "text"],
                    choices=["speech", "image", "text"])
