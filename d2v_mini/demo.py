@@ -61,7 +61,7 @@ SPECS = {
 # data2vec 2.0 (`demo --version 2`, runs/demo_v2): the tiny_v2 presets on the same data and probes, with
 # steps chosen so that pretraining takes no longer than the 1.0 demo's on one CPU thread.
 SPECS_V2 = {
-    "speech": DemoSpec("speech", steps=150, probe_train=1500, probe_test=300, layer="mean", preset="tiny_v2"),
+    "speech": DemoSpec("speech", steps=200, probe_train=1500, probe_test=300, layer="mean", preset="tiny_v2"),
     "image": DemoSpec("image", steps=300, probe_train=5000, probe_test=2000, layer="mean", preset="tiny_v2"),
     "text": DemoSpec("text", steps=300, probe_train=8000, probe_test=2000, layer="mean",
                      dataset="subjectivity", task="subjectivity", preset="tiny_v2"),
