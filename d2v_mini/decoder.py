@@ -44,8 +44,8 @@ class Decoder(nn.Module):
             raise ValueError("a 2-D decoder needs the patch grid (H, W)")
         self.cfg, self.grid = cfg, grid
         self.input_dropout = nn.Dropout(cfg.input_dropout)
-        self.layers = nn.ModuleList(DecoderLayer(dim if i == 0 else cfg.dim, cfg.dim, cfg.kernel, cfg.groups, cfg.conv2d)
-                                    for i in range(cfg.layers))
+        self.layers = nn.ModuleList(
+            DecoderLayer(dim if i == 0 else cfg.dim, cfg.dim, cfg.kernel, cfg.groups, cfg.conv2d) for i in range(cfg.layers))
         if cfg.projection_layers == 1:
             self.proj = nn.Linear(cfg.dim, dim)
         elif cfg.projection_layers == 2:

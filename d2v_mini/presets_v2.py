@@ -182,7 +182,8 @@ def text_tiny_v2() -> Data2VecConfig:
     enc = replace(c.encoder, dim=96, depth=4, heads=4, ffn_dim=384, vocab_size=2048, max_positions=66, mask_idx=2047,
                   dropout=0.0, attn_dropout=0.0)
     return replace(c, name="tiny_v2", encoder=enc, crop=64,
-                   v2=replace(c.v2, clone_batch=4, decoder=replace(c.v2.decoder, dim=64, kernel=5, layers=2, input_dropout=0.0)),
+                   v2=replace(c.v2, clone_batch=4,
+                              decoder=replace(c.v2.decoder, dim=64, kernel=5, layers=2, input_dropout=0.0)),
                    targets=replace(c.targets, top_k=3),
                    ema=replace(c.ema, decay_start=0.99, decay_end=0.999, anneal_steps=300),
                    optim=replace(c.optim, lr=1e-3, warmup_steps=20, total_steps=300, batch_size=32),
