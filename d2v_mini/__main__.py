@@ -5,6 +5,7 @@
     torchrun --nproc_per_node=K -m d2v_mini pretrain ...       # the same, data-parallel
     python -m d2v_mini probe --checkpoint DIR/checkpoint.pt [--task NAME] [--layer last|mean|INT]
     python -m d2v_mini demo [--out runs/demo] [--steps-scale F]  # tiny pretraining + probes, all modalities
+    python -m d2v_mini demo --version 2                          # the same with data2vec 2.0 (runs/demo_v2)
     python -m d2v_mini plan --modality image --preset base --gpus 8 --gpu-gib 80   # micro-batch x accumulation
 
 `--dataset` takes a named data set (d2v_mini/pipeline.py) or the paper's data (d2v_mini/data/local.py): an
@@ -155,7 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
     run_demo(out_dir=args.out, steps_scale=args.steps_scale, modalities=args.modalities, seed=args.seed,
-             threads=args.threads, random_inits=args.random_inits)
+             threads=args.threads, random_inits=args.random_inits, version=args.version)
 
 
 def _number(kind, low, inclusive: bool = True):
@@ -193,6 +194,13 @@ def _download_flag(s: argparse.ArgumentParser) -> None:
                    help="never download a missing data set (the same as D2V_DOWNLOAD=never)")
 
 
+def _preset_names() -> list[str]:
+    """Every preset name of any modality, in table order (`python -m d2v_mini presets`)."""
+    from .presets import PRESETS
+
+    return list(dict.fromkeys(name for table in PRESETS.values() for name in table))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m d2v_mini", description="data2vec, small and readable")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
@@ -207,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("pretrain", parents=[debug], help="pretrain a preset on its modality's default data set")
     s.add_argument("--modality", required=True, choices=["speech", "image", "text"])
-    s.add_argument("--preset", default="tiny", choices=["tiny", "small", "base", "large", "base_paper"])
+    s.add_argument("--preset", default="tiny", choices=_preset_names(),
+                   help="a preset of the modality (1.0: tiny, small, base, ...; 2.0: tiny_v2, ..., large_v2)")
     s.add_argument("--steps", type=positive_int, default=None,
                    help="optimizer steps (default: the preset's total_steps)")
     s.add_argument("--out", default=None, help="output folder (default runs/<modality>-<preset>)")
@@ -266,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_probe)
 
     s = sub.add_parser("demo", parents=[debug], help="tiny pretraining of each modality, probed against random init")
-    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--out", default=None, help="output folder (default runs/demo, or runs/demo_v2 with --version 2)")
+    s.add_argument("--version", type=int, default=1, choices=[1, 2], help="1: data2vec, 2: data2vec 2.0 (tiny_v2)")
     s.add_argument("--steps-scale", type=positive_float, default=1.0, help="multiply every modality's steps by F")
     s.add_argument("--modalities", nargs="+", default=["speech", "image", "text"],
                    choices=["speech", "image", "text"])

@@ -22,7 +22,8 @@ from .config import Data2VecConfig
 from .errors import CheckpointError
 
 # the sections that fix the parameters' shapes and meaning; optim / guard / masking may change on resume
-ARCHITECTURE = ("modality", "encoder", "targets", "ema", "loss")
+# (version / v2: data2vec 2.0's encoder kind and decoder; its masks live in v2 too and may not change on resume)
+ARCHITECTURE = ("modality", "version", "encoder", "targets", "ema", "loss", "v2")
 
 
 def read_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -72,16 +73,16 @@ def describe(cfg: Data2VecConfig) -> str:
 
 def check_fits(ck: dict, cfg: Data2VecConfig, path: str | Path) -> None:
     """Raise CheckpointError unless the checkpoint was trained with the same architecture as `cfg`
-    (modality, encoder, targets, EMA, loss); the optimiser, guard and masking may differ."""
+    (modality, version, encoder, targets, EMA, loss, 2.0's v2 section); the optimiser, guard and masking may differ."""
     old = checkpoint_config(ck, path)
     diff = [k for k in ARCHITECTURE if getattr(old, k) != getattr(cfg, k)]
     if diff:
         fields = []
         for k in diff:
             a, b = getattr(old, k), getattr(cfg, k)
-            if k == "modality" or type(a) is not type(b):
-                fields.append(f"{k} {a if k == 'modality' else type(a).__name__} vs "
-                              f"{b if k == 'modality' else type(b).__name__}")
+            if k in ("modality", "version") or type(a) is not type(b):
+                plain = k in ("modality", "version")
+                fields.append(f"{k} {a if plain else type(a).__name__} vs {b if plain else type(b).__name__}")
                 continue
             fields += [f"{k}.{f} {getattr(a, f)!r} vs {getattr(b, f)!r}" for f in vars(a)
                        if getattr(a, f) != getattr(b, f)][:3]

@@ -211,6 +211,8 @@ class Data2VecConfig:
     short_clips: Literal["drop", "chain"] = "drop"
     pad_batches: bool = False
     name: str = ""  # preset name, informational
+    version: int = 1  # 2: data2vec 2.0 (config_v2.py: 2.0 encoder config and the `v2` section)
+    v2: "V2Config | None" = None  # noqa: F821
 
     def __post_init__(self):
         self.validate()
@@ -233,7 +235,11 @@ class Data2VecConfig:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"unknown config keys {sorted(unknown)}: expected {[f.name for f in fields(cls)]}")
-        kw = {k: _build(sub[k], v) if k in sub else v for k, v in d.items()}
+        if d.get("version", 1) == 2:
+            from .config_v2 import ENCODER_CONFIGS_V2, build_v2
+            sub.update(encoder=ENCODER_CONFIGS_V2[d["modality"]], v2=build_v2)
+        kw = {k: (sub[k](v) if k == "v2" else _build(sub[k], v)) if k in sub and v is not None else v
+              for k, v in d.items()}
         return cls(**kw)
 
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from .config import Data2VecConfig
 from .ema import EMATeacher
 from .encoder import build_encoder
+from .errors import ConfigError
 from .init import init_head
 from .inputs import check_source
 from .loss import RegressionHead, feature_std, regression_loss
@@ -46,6 +47,9 @@ class Data2Vec(nn.Module):
     def __init__(self, cfg: Data2VecConfig):
         super().__init__()
         cfg.validate()  # a ConfigError names a field of the wrong type or out of range
+        if cfg.version != 1:
+            raise ConfigError(f"Data2Vec is data2vec 1.0; this config has version = {cfg.version}: build it with "
+                              f"data2vec2.build_model(cfg) (Data2Vec2)")
         self.cfg = cfg
         self.student = build_encoder(cfg)
         self.head = RegressionHead(cfg.encoder.dim, cfg.loss.head_layers)

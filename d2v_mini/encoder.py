@@ -54,6 +54,9 @@ class Encoder(nn.Module):
 def build_encoder(cfg: Data2VecConfig | EncoderConfig) -> Encoder:
     """The encoder for a config (a whole Data2VecConfig or just its encoder part)."""
     enc = cfg.encoder if isinstance(cfg, Data2VecConfig) else cfg
+    if getattr(enc, "version", 1) == 2:  # data2vec 2.0 encoder configs (config_v2.py)
+        from .encoders_v2 import build_encoder_v2
+        return build_encoder_v2(enc)
     if isinstance(enc, SpeechConfig):
         from .modalities.speech import SpeechEncoder
         return SpeechEncoder(enc)

@@ -41,6 +41,7 @@ from dataclasses import replace
 
 from .config import (Data2VecConfig, EMAConfig, GuardConfig, ImageConfig, LossConfig, MaskingConfig, OptimConfig,
                      SpeechConfig, TargetConfig, TextConfig)
+from .presets_v2 import PRESETS_V2
 
 IMAGENET_TRAIN = 1_281_167
 SMALL_STEPS = 3000  # the GPU profile's run (notebook.SCALE["small"] x 300)
@@ -261,6 +262,8 @@ PRESETS = {
     "text": {"tiny": text_tiny, "small": text_small, "base": text_base, "base_paper": text_base_paper,
              "large": text_large},
 }
+for _modality, _table in PRESETS_V2.items():
+    PRESETS[_modality].update(_table)  # data2vec 2.0: tiny_v2 / small_v2 / base_v2 / large_v2 (presets_v2.py)
 
 # the released data2vec 1.0 pretrained checkpoints each preset has the shape of (Hugging Face hub names)
 RELEASED_CHECKPOINTS = {("speech", "base"): "facebook/data2vec-audio-base",
@@ -290,6 +293,7 @@ def preset_rows() -> list[dict]:
 
     from .batching import describe_update
     from .encoder import build_encoder
+    from .presets_v2 import describe_masking as describe_v2_masking
 
     rows = []
     for modality, names in PRESETS.items():
@@ -298,7 +302,7 @@ def preset_rows() -> list[dict]:
             with torch.device("meta"):  # count parameters without allocating them
                 n = build_encoder(c).num_params()
             m = c.masking
-            masking = {"span": f"span p={m.prob} len={m.length}",
+            masking = describe_v2_masking(c) if c.version == 2 else {"span": f"span p={m.prob} len={m.length}",
                        "block": f"block {m.num_patches} patches (min {m.min_block})",
                        "bert": f"bert p={m.prob} len={m.length} rand={m.random_token_prob} keep={m.leave_unmasked_prob}",
                        }[m.kind]

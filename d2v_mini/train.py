@@ -67,6 +67,7 @@ from .batching import TokenBatchSampler, check_token_update, collate_limits, dat
 from .checkpoint import check_fits, check_pipeline, checkpoint_config, read_checkpoint
 from .config import Data2VecConfig
 from .data2vec import Data2Vec
+from .data2vec2 import build_model
 from .distributed import DistInfo, ShardSampler, all_reduce_sum, barrier, gather_objects, init_distributed
 from .errors import CheckpointError
 from .runs import append_line, check_run_dir, read_metrics, run_file, write_text
@@ -195,7 +196,7 @@ def _pretrain(cfg, dataset, collate_fn, opts: TrainOptions, model, info: DistInf
 
     if model is None:
         torch.manual_seed(opts.seed)  # the same initial weights on every rank
-        model = Data2Vec(cfg)
+        model = build_model(cfg)  # Data2Vec, or Data2Vec2 for a 2.0 config
     elif any(getattr(model.cfg, k) != getattr(cfg, k) for k in ("modality", "encoder", "targets", "ema", "loss")):
         raise ValueError("`model` was built from a different config than `cfg`: pass cfg=model.cfg "
                          "(optim, guard and masking fields may differ)")
@@ -437,11 +438,12 @@ def atomic_save(obj, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location="cpu", ck: dict | None = None) -> Data2Vec:
-    """Rebuild the Data2Vec model (student, head, EMA teacher) of a `pretrain` checkpoint, in eval mode.
+    """Rebuild the Data2Vec model (student, head, EMA teacher) of a `pretrain` checkpoint, in eval mode
+    (a data2vec 2.0 checkpoint gives its Data2Vec2 model, data2vec2.build_model).
     Raises CheckpointError (checkpoint.py) for a file that is not an intact d2v_mini checkpoint.
     `ck`: the checkpoint dict when it was read already (checkpoint.read_checkpoint)."""
     ck = read_checkpoint(path, map_location) if ck is None else ck
-    model = Data2Vec(checkpoint_config(ck, path))
+    model = build_model(checkpoint_config(ck, path))
     try:
         model.load_state_dict(ck["model"])
     except RuntimeError as e:

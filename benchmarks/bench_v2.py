@@ -1,0 +1,151 @@
+"""data2vec 2.0 against 1.0: throughput at the base image preset and time to accuracy at tiny size.
+
+(a) throughput: one whole training step (student forward + decoder / head, teacher, targets, loss,
+    backward, optimizer, EMA), 1.0 `image/base` vs 2.0 `image/base_v2`, the same images per step. Reported:
+    ms per step, its parts, and *predicted positions per second* (masked positions that get a loss:
+    1.0 about 120 per image, 2.0 157 per image x 16 clones).
+(b) time to accuracy: per modality and seed, pretrain the 1.0 demo setup (d2v_mini/demo.py SPECS) and
+    probe it; then pretrain the 2.0 demo setup (SPECS_V2) in stages, probing after each, and report the
+    pretraining seconds 2.0 needs to reach 1.0's probe accuracy (and the ratio to 1.0's seconds).
+
+    .venv/bin/python benchmarks/bench_v2.py --part throughput --batch 2 --threads 1
+    .venv/bin/python benchmarks/bench_v2.py --part throughput --device cuda --batch 16 --precision bf16
+    .venv/bin/python benchmarks/bench_v2.py --part accuracy --modalities image --seeds 0,1 --threads 1
+Nothing here asserts on a time or an accuracy.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import common
+from d2v_mini import demo
+from d2v_mini.data2vec2 import build_model
+
+
+# ------------------------------------------------------------------------------------- (a) throughput
+def throughput(name: str, batch: int, device: torch.device, args) -> dict:
+    cfg = common.bench_config("image", name)
+    torch.manual_seed(args.seed)
+    g = torch.Generator().manual_seed(args.seed)
+    model = build_model(cfg).to(device).train()
+    opt, sched = common.make_optimizer(model)
+    scaler = common.grad_scaler(device, args.precision)
+    source = common.make_batch(cfg, batch, device, generator=g)
+    timer = common.PhaseTimer(device)
+    teacher_forward = model.teacher.model.forward
+
+    def timed_teacher(*a, **kw):
+        with timer("teacher"):
+            return teacher_forward(*a, **kw)
+    model.teacher.model.forward = timed_teacher
+    if cfg.version == 2:
+        teacher_ff = model.teacher.model.forward_features
+
+        def timed_ff(*a, **kw):
+            with timer("teacher"):
+                return teacher_ff(*a, **kw)
+        model.teacher.model.forward_features = timed_ff
+    counts = []
+    for i in range(args.warmup + args.repeats):
+        timer.new_step()
+        with timer("step"):
+            with timer("forward"), common.autocast(device, args.precision):
+                out = model(source, generator=g)
+            with timer("backward"):
+                scaler.scale(out.loss * out.num_masked).backward()
+            with timer("optimizer"):
+                common.optimizer_step(model, opt, sched, scaler, out.num_masked)
+            with timer("ema"):
+                model.ema_step()
+        counts.append(out.num_masked)
+    ms = timer.medians(skip=args.warmup)
+    predicted = statistics.median(counts[args.warmup:])
+    row = {"preset": name, "batch": batch, "step_ms": ms["step"], "forward_ms": ms["forward"],
+           "teacher_ms": ms.get("teacher", 0.0), "backward_ms": ms["backward"], "optimizer_ms": ms["optimizer"],
+           "ema_ms": ms["ema"], "predicted_per_step": predicted, "predicted_per_s": 1e3 * predicted / ms["step"],
+           "images_per_s": 1e3 * batch / ms["step"], "peak_mem_MiB": common.peak_memory_mib(device)}
+    print(" ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    return row
+
+
+# -------------------------------------------------------------------------------- (b) time to accuracy
+def probe_accuracy(model, spec, task_cache: dict) -> float:
+    from d2v_mini.evaluate import probe
+    from d2v_mini.pipeline import default_dataset, probe_data
+
+    key = (spec.modality, model.cfg.encoder.image_size if spec.modality == "image" else 0)
+    if key not in task_cache:
+        task_cache[key] = probe_data(model.cfg, spec.task, dataset=spec.dataset or default_dataset(spec.modality),
+                                     limit_train=spec.probe_train, limit_test=spec.probe_test)
+    return probe(model.student, task_cache[key], layer=spec.layer)["accuracy"]
+
+
+def staged_pretrain(spec, steps: list[int], run_dir: Path, seed: int, tasks: dict) -> list[dict]:
+    """Pretrain `spec` to steps[-1] (the schedules span steps[-1]), probing after each stage."""
+    from d2v_mini.pipeline import default_dataset, pretrain_data
+    from d2v_mini.train import TrainOptions, pretrain
+
+    cfg = demo.tiny_config(spec, steps[-1])
+    dataset, collate_fn = pretrain_data(cfg, spec.dataset or default_dataset(spec.modality))
+    points = []
+    for s in steps:
+        res = pretrain(cfg, dataset, collate_fn, TrainOptions(steps=s, out_dir=str(run_dir), resume=True, seed=seed,
+                                                              log_every=10, progress=False))
+        seconds = res.history[-1]["seconds"] if res.history else float("nan")
+        points.append({"steps": s, "seconds": seconds, "accuracy": probe_accuracy(res.model, spec, tasks)})
+        print(f"    {spec.preset} step {s}: {seconds:.0f} s, probe {points[-1]['accuracy']:.3f}", flush=True)
+    return points
+
+
+def time_to_accuracy(modality: str, seed: int, args) -> dict:
+    tasks: dict = {}
+    scale = args.steps_scale
+    v1, v2 = demo.SPECS[modality], demo.SPECS_V2[modality]
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = staged_pretrain(v1, [max(1, round(v1.steps * scale))], Path(tmp) / "v1", seed, tasks)[-1]
+        stages = sorted({max(1, round(v2.steps * scale * f)) for f in (1 / 6, 1 / 3, 1 / 2, 2 / 3, 1)})
+        curve = staged_pretrain(v2, stages, Path(tmp) / "v2", seed, tasks)
+    reached = next((p for p in curve if p["accuracy"] >= ref["accuracy"]), None)
+    row = {"modality": modality, "seed": seed, "v1_seconds": ref["seconds"], "v1_accuracy": ref["accuracy"],
+           "v2_curve": curve, "v2_seconds_to_v1_accuracy": reached["seconds"] if reached else None,
+           "time_ratio": reached["seconds"] / ref["seconds"] if reached else None}
+    print(f"  {modality} seed {seed}: 1.0 {ref['accuracy']:.3f} in {ref['seconds']:.0f} s; 2.0 reaches it in "
+          + (f"{reached['seconds']:.0f} s (ratio {row['time_ratio']:.2f})" if reached else "never (within the run)"),
+          flush=True)
+    return row
+
+
+def main() -> None:
+    p = common.base_parser(__doc__.splitlines()[0])
+    p.add_argument("--part", default="throughput", choices=["throughput", "accuracy", "both"])
+    p.add_argument("--batch", type=int, default=2, help="(a) images per step for both versions")
+    p.add_argument("--seeds", default="0", help="(b) comma-separated seeds")
+    p.add_argument("--steps-scale", type=float, default=1.0, help="(b) multiply the demo steps by F")
+    args = p.parse_args()
+    device = common.setup(args)
+    h = common.header("data2vec 2.0 vs 1.0", args, device)
+    common.print_header(h)
+    out = {"header": h}
+    if args.part in ("throughput", "both"):
+        rows = [throughput(n, args.batch, device, args) for n in ("base", "base_v2")]
+        ratio = rows[1]["predicted_per_s"] / rows[0]["predicted_per_s"]
+        print(f"\nimage base: 2.0 predicts {ratio:.1f}x as many positions per second as 1.0")
+        out["throughput"] = {"rows": rows, "ratio": ratio}
+    if args.part in ("accuracy", "both"):
+        out["accuracy"] = [time_to_accuracy(m, int(s), args) for m in common.split_list(args.modalities)
+                           for s in common.split_list(args.seeds)]
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    t0 = time.perf_counter()
+    main()
+    print(f"total {time.perf_counter() - t0:.0f} s")
