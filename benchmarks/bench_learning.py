@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from d2v_mini import demo  # noqa: E402
 from d2v_mini.evaluate import random_init_encoder  # noqa: E402
-from d2v_mini.transfer import VIEWS, ProbeSuite, mean_se  # noqa: E402
+from d2v_mini.transfer import VIEWS, ProbeSuite, margin, mean_se  # noqa: E402
 
 def parse_sets(items: list[str]) -> dict:
     """["optim.lr=1e-3", "masking.prob=0.8"] -> {"optim.lr": 0.001, "masking.prob": 0.8} (Python literals)."""
@@ -75,21 +75,26 @@ def run(modality: str, seeds: list[int], scales: list[float], random_inits: int,
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| modality | task | raw input | random init | " + " | ".join(
-        f"pretrained x{s}" for s in rows[0]["pretrained"]) + " | margin x1 (SE units) |",
-        "|---|---|---:|---:|" + "---:|" * (len(rows[0]["pretrained"]) + 1)]
+    """Markdown: per task, the raw-input and random-init accuracies, the pretrained accuracy at each step
+    multiple (mean ± SE over seeds) and the margin over random init at each (in SE units, see transfer.margin)."""
+    scales = list(rows[0]["pretrained"])
+    lines = ["| modality | task | raw input | random init | " + " | ".join(f"pretrained x{float(s):g}" for s in scales)
+             + " | " + " | ".join(f"margin x{float(s):g} (SE)" for s in scales) + " |",
+             "|---|---|---:|---:|" + "---:|" * (2 * len(scales))]
     for r in rows:
         for view in VIEWS[r["modality"]]:
-            rnd = mean_se([x[view] for x in r["random_init"]]) if r["random_init"] else (float("nan"), 0.0)
-            cells = []
+            rnd = [x[view] for x in r["random_init"]]
+            rm, rs = mean_se(rnd) if rnd else (float("nan"), 0.0)
+            cells, margins = [], []
             for runs in r["pretrained"].values():
-                m, se = mean_se([x["probe"][view] for x in runs])
-                cells.append(f"{m:.3f} ± {se:.3f}")
-            first = list(r["pretrained"].values())[0]
-            m, se = mean_se([x["probe"][view] for x in first])
-            joint = math.sqrt(se ** 2 + rnd[1] ** 2) or float("nan")
-            lines.append(f"| {r['modality']} | {view} | {r['raw'][view]:.3f} | {rnd[0]:.3f} ± {rnd[1]:.3f} | "
-                         + " | ".join(cells) + f" | {m - rnd[0]:+.3f} ({(m - rnd[0]) / joint:+.1f}) |")
+                acc = [x["probe"][view] for x in runs]
+                m, se = mean_se(acc)
+                cells.append(f"{m:.3f} ± {se:.3f}" if len(acc) > 1 else f"{m:.3f} (1 seed)")
+                g = margin(acc, rnd) if rnd else None
+                margins.append("-" if g is None else f"{g['margin']:+.3f} " + (f"({g['z']:+.1f})" if len(acc) > 1
+                                                                                 else "(1 seed)"))
+            lines.append(f"| {r['modality']} | {view} | {r['raw'][view]:.3f} | {rm:.3f} ± {rs:.3f} | "
+                         + " | ".join(cells) + " | " + " | ".join(margins) + " |")
     return "\n".join(lines)
 
 
