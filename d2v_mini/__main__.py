@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("plan", parents=[debug], help="micro-batch and accumulation that give a preset's update on G GPUs")
     s.add_argument("--modality", required=True, choices=["speech", "image", "text"])
-    s.add_argument("--preset", default="base", choices=["tiny", "small", "base", "large", "base_paper"])
+    s.add_argument("--preset", default="base", choices=_preset_names())
     s.add_argument("--gpus", type=positive_int, default=1, help="number of GPUs (all nodes)")
     s.add_argument("--gpu-gib", type=float, default=80.0, help="memory of one GPU in GiB")
     s.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])

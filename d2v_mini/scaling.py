@@ -11,7 +11,9 @@ Counting rules (all documented, none measured):
   * Per block, T tokens, width D, FFN width F: 4 T D^2 (q, k, v, out) + 2 T^2 D (scores, values) + 2 T D F.
   * One training step per sample = student forward + backward (3 x forward) + teacher forward
     (speech: the teacher reuses the student's CNN features, `EMAConfig.teacher_input`), plus the
-    regression head on the masked positions (3 x).
+    regression head on the masked positions (3 x). data2vec 2.0: the front end and the teacher run once
+    per sample, the M clones run the blocks on their visible tokens and the conv decoder (the "head") on
+    every position.
   * Activations: what autograd saves for the backward pass, counted tensor by tensor for d2v_mini's
     blocks under bf16 autocast (the method of Korthikanti et al. 2022, "Reducing activation
     recomputation"), with attention through `scaled_dot_product_attention` (flash / memory-efficient:
@@ -65,6 +67,8 @@ def input_tokens(cfg: Data2VecConfig, input_size: int | None = None) -> int:
 def masked_fraction(cfg: Data2VecConfig) -> float:
     """The expected fraction of positions in the loss (speech 1 - (1 - p/len)^len ~ 0.49; images
     num_patches / patches; text prob x (1 - random - keep), the `<mask>`-replaced tokens)."""
+    if getattr(cfg, "version", 1) == 2:
+        return cfg.v2.mask_prob  # 2.0 masks exactly int(prob x T) per row (images: of the patches)
     m, enc = cfg.masking, cfg.encoder
     if m.kind == "span":
         return 1 - (1 - m.prob / m.length) ** m.length
@@ -105,6 +109,8 @@ def flops_per_sample(cfg: Data2VecConfig, input_size: int | None = None) -> dict
     enc = cfg.encoder
     t = input_tokens(cfg, input_size)
     front, pos = _front_end_macs(cfg, input_size)
+    if getattr(cfg, "version", 1) == 2:
+        return _flops_v2(cfg, t, front, pos)
     blocks = enc.depth * block_macs(t, enc.dim, enc.ffn_dim)
     positions = (t - 1 if isinstance(enc, ImageConfig) else t) * masked_fraction(cfg)
     head = positions * enc.dim ** 2 * (1 if cfg.loss.head_layers == 1 else 4)
@@ -116,11 +122,48 @@ def flops_per_sample(cfg: Data2VecConfig, input_size: int | None = None) -> dict
             "train_flops": 2 * (3 * (student + head) + teacher)}
 
 
+def visible_tokens(cfg: Data2VecConfig, tokens: int) -> int:
+    """2.0: the tokens each clone's student encodes (the unmasked ones; + CLS for images)."""
+    cls = 1 if isinstance(cfg.encoder, ImageConfig) else 0
+    n = tokens - cls
+    return n - int(n * cfg.v2.mask_prob) + cls
+
+
+def _decoder_macs(cfg: Data2VecConfig, positions: int) -> int:
+    """2.0 decoder MACs over `positions` slots of one clone: the convs (k or k x k taps, grouped) + projection."""
+    d, c = cfg.encoder.dim, cfg.v2.decoder
+    taps = c.kernel ** 2 if c.conv2d else c.kernel
+    convs = sum((d if i == 0 else c.dim) * c.dim * taps // c.groups for i in range(c.layers))
+    proj = c.dim * d if c.projection_layers == 1 else c.dim * 2 * c.dim + 2 * c.dim * d
+    return positions * (convs + proj)
+
+
+def _flops_v2(cfg: Data2VecConfig, t: int, front: int, pos: int) -> dict[str, float]:
+    """data2vec 2.0: the front end runs once, M clones run positions + blocks on their visible tokens and the
+    decoder on every position, the teacher runs once on all t tokens (speech / text: on the student's
+    features; images: its own patch embedding)."""
+    enc, m = cfg.encoder, cfg.v2.clone_batch
+    slots = t - 1 if isinstance(enc, ImageConfig) else t
+    blocks = m * enc.depth * block_macs(visible_tokens(cfg, t), enc.dim, enc.ffn_dim)
+    head = m * _decoder_macs(cfg, slots)
+    student = front + m * pos + blocks
+    teacher = pos + enc.depth * block_macs(t, enc.dim, enc.ffn_dim) + (front if cfg.ema.teacher_input == "raw" else 0)
+    return {"tokens": t, "front_end": front, "positional": m * pos, "blocks": blocks, "head": head,
+            "forward_flops": 2 * student, "teacher_flops": 2 * teacher,
+            "train_flops": 2 * (3 * (student + head) + teacher)}
+
+
 def _num_params(cfg: Data2VecConfig) -> tuple[int, int]:
     """(encoder parameters, regression head parameters), counted on the meta device (no memory)."""
     with torch.device("meta"):
         n = build_encoder(cfg).num_params()
     d = cfg.encoder.dim
+    if getattr(cfg, "version", 1) == 2:  # the decoder is 2.0's head
+        from .decoder import Decoder
+        with torch.device("meta"):
+            grid = (cfg.encoder.image_size // cfg.encoder.patch_size,) * 2 if isinstance(cfg.encoder, ImageConfig) \
+                else None
+            return n, sum(p.numel() for p in Decoder(d, cfg.v2.decoder, grid).parameters())
     head = d * d + d if cfg.loss.head_layers == 1 else (d * 2 * d + 2 * d) + (2 * d * d + d)
     return n, head
 
@@ -140,6 +183,8 @@ def activation_bytes_per_sample(cfg: Data2VecConfig, input_size: int | None = No
     Speech CNN: ~10 bytes per channel and frame of every conv layer (16-bit conv input, fp32 layer-norm
     and GELU inputs). Teacher: its L + 1 hidden states (fp32 after a layer norm), L layer results and
     the K fp32 normalised target layers, alive while the student's activations are.
+    data2vec 2.0 (cfg.version 2): the blocks hold M clones of the visible tokens each, plus the decoder's
+    per-layer tensors at every position of every clone; the front end and the teacher run once.
     Returns dict(blocks, front_end, teacher, total) in bytes."""
     enc = cfg.encoder
     t = input_tokens(cfg, input_size)
@@ -147,15 +192,21 @@ def activation_bytes_per_sample(cfg: Data2VecConfig, input_size: int | None = No
     per_token = 26 * d + 4 * f if value_bytes < 4 else 4 * (9 * d + 2 * f)
     per_token += 2 * d if max(enc.dropout, enc.attn_dropout, enc.activation_dropout) > 0 else 0
     per_token += 2 * d * value_bytes if enc.layer_scale_init > 0 else 0
-    blocks = enc.depth * t * per_token
+    v2 = getattr(cfg, "version", 1) == 2
+    m, tv = (cfg.v2.clone_batch, visible_tokens(cfg, t)) if v2 else (1, t)  # 2.0: M clones of the visible tokens
+    blocks = enc.depth * m * tv * per_token
     if not flash:
-        blocks += enc.depth * enc.heads * t * t * (8 + (3 if enc.attn_dropout > 0 else 0))
+        blocks += enc.depth * enc.heads * m * tv * tv * (8 + (3 if enc.attn_dropout > 0 else 0))
+    if v2:  # decoder: per layer conv output, fp32 LN input and GELU input/output; noise-filled input; projection
+        c = cfg.v2.decoder
+        blocks += m * t * (c.layers * c.dim * (value_bytes + 12) + d * (value_bytes + 4)
+                           + (2 * c.dim * 6 if c.projection_layers == 2 else 0))
     if isinstance(enc, SpeechConfig):
         n, front = input_size or cfg.crop or 15 * enc.sample_rate, 0
         for c, k, s in enc.conv_layers:
             n = (n - k) // s + 1
             front += (10 if value_bytes < 4 else 12) * c * n
-        front += (10 * enc.conv_pos_layers + 10) * t * d  # positional convs, feature norm / projection
+        front += (10 * enc.conv_pos_layers * m + 10) * t * d  # positional convs (per clone), feature norm / proj.
     else:
         front = 10 * t * d  # embeddings / patches and their layer norm
     teacher = t * d * ((enc.depth + 1) * 4 + enc.depth * value_bytes + cfg.targets.top_k * 4)

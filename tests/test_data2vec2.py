@@ -301,3 +301,41 @@ def test_v2_checkpoint_fits_only_its_own_architecture(tmp_path):
     other = replace(cfg, v2=replace(cfg.v2, decoder=replace(cfg.v2.decoder, layers=3)))
     with pytest.raises(CheckpointError, match="v2.decoder"):
         check_fits(ck, other, "ck.pt")
+
+
+# ----------------------------------------------------------------------------- cost model (scaling.py, plan)
+def test_flop_estimate_counts_clones_visible_tokens_and_one_teacher_pass(modality):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from d2v_mini.scaling import flops_per_sample
+
+    model = _model(modality)
+    cfg = model.cfg
+    x = {"image": torch.randn(1, 3, 32, 32), "text": torch.randint(4, 2000, (1, cfg.crop)),
+         "speech": torch.randn(1, cfg.crop)}[modality]
+    with FlopCounterMode(display=False) as counter:
+        model(x, generator=torch.Generator().manual_seed(0))
+    f = flops_per_sample(cfg)
+    estimate = f["forward_flops"] + 2 * f["head"] + f["teacher_flops"]  # student + decoder + teacher, FLOPs
+    # matmuls and convs counted by torch agree with the estimate (it ignores norms, softmax, GELU) ...
+    assert counter.get_total_flops() == pytest.approx(estimate, rel=0.1)
+    # ... which 1.0's rule (every clone encodes every token, with a teacher pass of its own) misses by far
+    M = cfg.v2.clone_batch
+    assert 2 * M * f["teacher_flops"] > 1.4 * counter.get_total_flops()
+    decoder = sum(p.numel() for p in model.decoder.parameters())
+    from d2v_mini.scaling import _num_params
+    assert _num_params(cfg) == (model.student.num_params(), decoder)
+
+
+@pytest.mark.parametrize("modality", ["image", "text", "speech"])
+def test_plan_knows_the_base_v2_presets(modality, capsys):
+    from d2v_mini.__main__ import main
+    from d2v_mini.planner import plan_run
+    from d2v_mini.scaling import GIB
+
+    cfg = preset(modality, "base_v2")
+    p = plan_run(cfg, gpus=8, gpu_gib=40)
+    assert p.fits and p.memory_bytes <= 38 * GIB
+    assert p.global_batch == cfg.optim.batch_size and p.gpus * p.accum_steps * max(1, p.micro_batch) >= 8
+    main(["plan", "--modality", modality, "--preset", "base_v2", "--gpus", "8", "--gpu-gib", "40"])
+    assert "--preset base_v2" in capsys.readouterr().out
