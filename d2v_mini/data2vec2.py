@@ -23,6 +23,7 @@ from .data2vec import Data2Vec, Data2VecOutput
 from .decoder import Decoder
 from .ema import EMATeacher
 from .encoder import build_encoder
+from .init import init_decoder
 from .loss import feature_std, regression_loss
 from .masking import check_mask
 from .masking_v2 import block_mask_1d, inverse_block_mask_2d, keep_indices, random_mask
@@ -45,6 +46,8 @@ class Data2Vec2(nn.Module):
         self.student = build_encoder(cfg)
         grid = getattr(self.student, "grid", None)
         self.decoder = Decoder(cfg.encoder.dim, cfg.v2.decoder, grid)
+        if cfg.encoder.init == "released":
+            init_decoder(self.decoder, cfg.modality)
         self.teacher = EMATeacher(self.student, cfg.ema)
 
     @torch.no_grad()

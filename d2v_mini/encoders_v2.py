@@ -18,6 +18,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from .config_v2 import ImageConfig2, SpeechConfig2, TextConfig2
+from .init import init_image_v2
 from .masking import check_mask
 from .masking_v2 import keep_indices
 from .modalities.image import ImageEncoder
@@ -114,6 +115,8 @@ class ImageEncoder2(ImageEncoder):
                              "rel_pos_bias='none', abs_pos_emb=False")
         super().__init__(cfg)
         del self.mask_token
+        if cfg.init == "released":  # 2.0's init, not BEiT's (init.init_image_v2)
+            init_image_v2(self)
         nn.init.normal_(self.cls_token, std=1.0)  # fairseq init_extra_token_zero: false
         self.register_buffer("sincos", sincos_2d(cfg.dim, self.grid), persistent=False)
         self.context_norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)

@@ -103,6 +103,36 @@ def init_head(head: nn.Module, modality: str) -> None:
         raise ValueError(f"unknown modality {modality!r}: expected 'speech', 'image' or 'text'")
 
 
+def init_image_v2(encoder: nn.Module) -> None:
+    """data2vec 2.0 images (fairseq data2vec2.py + modalities/images.py, recipes doc section 4.7 C2):
+    init_bert_params (every Linear N(0, 0.02), not truncated, no 1/sqrt(2 l)), the patch-embedding conv
+    xavier_uniform_ on its flattened [D, C p p] weight (MAE), LayerNorms 1 / 0; CLS N(0, 1) (set by the encoder)."""
+    bert_normal_(encoder)
+    w = encoder.patch_embed.weight
+    with torch.no_grad():
+        flat = torch.empty(w.shape[0], w[0].numel())
+        nn.init.xavier_uniform_(flat)
+        w.copy_(flat.view_as(w))
+    for m in encoder.modules():
+        if isinstance(m, nn.LayerNorm) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def init_decoder(decoder: nn.Module, modality: str) -> None:
+    """The 2.0 decoder: convs keep PyTorch's default (init_bert_params skips convs); the projection is
+    N(0, 0.02) for text (init_bert_params) and PyTorch's default for speech and images (their encoders'
+    `reset_parameters` re-initialise it after init_bert_params)."""
+    if modality == "text":
+        bert_normal_(decoder.proj)
+    elif modality in ("speech", "image"):
+        for m in decoder.proj.modules():
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+    else:
+        raise ValueError(f"unknown modality {modality!r}: expected 'speech', 'image' or 'text'")
+
+
 INIT = {"speech": init_speech, "image": init_image, "text": init_text}
 
 

@@ -103,3 +103,37 @@ def test_released_init_on_the_meta_device():
     with torch.device("meta"):
         for modality in ("speech", "image", "text"):
             assert Data2Vec(preset(modality, "tiny")).encoder_params() > 0
+
+
+# ------------------------------------------------------------------------------------------ data2vec 2.0
+def model_v2(modality: str, init: str = "released"):
+    from d2v_mini.data2vec2 import Data2Vec2
+
+    torch.manual_seed(0)
+    return Data2Vec2(override(preset(modality, "tiny_v2"), **{"encoder.init": init}))
+
+
+def test_image_v2_init_is_bert_and_xavier_not_beit():
+    m = model_v2("image")
+    blocks = m.student.transformer.blocks
+    # init_bert_params: N(0, 0.02) untruncated (BEiT's would stay inside +-0.02 with std 0.0108) ...
+    fc2_first, fc2_last = blocks[0].fc2.weight, blocks[-1].fc2.weight
+    assert std(fc2_first) == pytest.approx(0.02, rel=0.03) and fc2_first.abs().max() > 0.06
+    # ... and no 1 / sqrt(2 l) rescale of the output projections
+    assert std(fc2_last) == pytest.approx(std(fc2_first), rel=0.03)
+    # MAE's patch embedding: xavier_uniform on the flattened [D, C p p] weight
+    w = m.student.patch_embed.weight
+    assert std(w) == pytest.approx(math.sqrt(2 / (w.shape[0] + w[0].numel())), rel=0.03)
+    assert std(m.student.cls_token) == pytest.approx(1.0, rel=0.25)  # init_extra_token_zero: false
+
+
+@pytest.mark.parametrize("modality", ["speech", "image", "text"])
+def test_v2_decoder_convs_default_projection_per_modality(modality):
+    d = model_v2(modality).decoder
+    conv = d.layers[1].conv  # convs: PyTorch default everywhere (init_bert_params skips convs)
+    assert std(conv.weight) == pytest.approx(torch_default_std(conv), rel=0.1)
+    proj = d.proj if isinstance(d.proj, nn.Linear) else d.proj[0]
+    if modality == "text":  # init_bert_params
+        assert std(proj.weight) == pytest.approx(0.02, rel=0.1) and not proj.bias.any()
+    else:  # speech / image encoders reset their decoder projection after init_bert_params
+        assert std(proj.weight) == pytest.approx(torch_default_std(proj), rel=0.1) and proj.bias.abs().sum() > 0
