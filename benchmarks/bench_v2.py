@@ -104,12 +104,15 @@ def staged_pretrain(spec, steps: list[int], run_dir: Path, seed: int, tasks: dic
 
 
 def time_to_accuracy(modality: str, seed: int, args) -> dict:
+    """1.0's demo run, then 2.0's run probed after each stage (fractions `args.stages` of its steps). The
+    time to accuracy is the first stage at or above 1.0's accuracy: an upper bound at the stages' resolution."""
     tasks: dict = {}
     scale = args.steps_scale
     v1, v2 = demo.SPECS[modality], demo.SPECS_V2[modality]
+    fractions = [eval_fraction(f) for f in common.split_list(args.stages)]
     with tempfile.TemporaryDirectory() as tmp:
         ref = staged_pretrain(v1, [max(1, round(v1.steps * scale))], Path(tmp) / "v1", seed, tasks)[-1]
-        stages = sorted({max(1, round(v2.steps * scale * f)) for f in (1 / 6, 1 / 3, 1 / 2, 2 / 3, 1)})
+        stages = sorted({max(1, round(v2.steps * scale * f)) for f in fractions})
         curve = staged_pretrain(v2, stages, Path(tmp) / "v2", seed, tasks)
     reached = next((p for p in curve if p["accuracy"] >= ref["accuracy"]), None)
     row = {"modality": modality, "seed": seed, "v1_seconds": ref["seconds"], "v1_accuracy": ref["accuracy"],
@@ -121,12 +124,39 @@ def time_to_accuracy(modality: str, seed: int, args) -> dict:
     return row
 
 
+def eval_fraction(text: str) -> float:
+    """'1/3' -> 0.333..., '0.5' -> 0.5 (a stage of the 2.0 run)."""
+    num, _, den = text.partition("/")
+    f = float(num) / float(den or 1)
+    if not 0 < f <= 1:
+        raise SystemExit(f"--stages takes fractions in (0, 1], got {text!r}")
+    return f
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Per modality: the time ratio (2.0 seconds to 1.0's accuracy / 1.0 seconds) over seeds, mean and
+    standard error; a seed where 2.0 never reaches 1.0 within its run counts as ratio > 1 (reported apart)."""
+    out = {}
+    for m in dict.fromkeys(r["modality"] for r in rows):
+        rs = [r for r in rows if r["modality"] == m]
+        ratios = [r["time_ratio"] for r in rs if r["time_ratio"] is not None]
+        se = statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else float("nan")
+        out[m] = {"seeds": len(rs), "reached": len(ratios), "ratio_mean": statistics.mean(ratios) if ratios else None,
+                  "ratio_se": se, "ratios": ratios, "v1_accuracy": [r["v1_accuracy"] for r in rs],
+                  "v2_final_accuracy": [r["v2_curve"][-1]["accuracy"] for r in rs]}
+        print(f"{m}: 2.0 reached 1.0's accuracy in {len(ratios)}/{len(rs)} seeds; time ratio "
+              + (f"{out[m]['ratio_mean']:.2f} +- {se:.2f} (SE)" if ratios else "-"), flush=True)
+    return out
+
+
 def main() -> None:
     p = common.base_parser(__doc__.splitlines()[0])
     p.add_argument("--part", default="throughput", choices=["throughput", "accuracy", "both"])
     p.add_argument("--batch", type=int, default=2, help="(a) images per step for both versions")
     p.add_argument("--seeds", default="0", help="(b) comma-separated seeds")
     p.add_argument("--steps-scale", type=float, default=1.0, help="(b) multiply the demo steps by F")
+    p.add_argument("--stages", default="1/12,1/6,1/4,1/3,1/2,2/3,1",
+                   help="(b) fractions of the 2.0 run after which it is probed")
     args = p.parse_args()
     device = common.setup(args)
     h = common.header("data2vec 2.0 vs 1.0", args, device)
@@ -140,6 +170,7 @@ def main() -> None:
     if args.part in ("accuracy", "both"):
         out["accuracy"] = [time_to_accuracy(m, int(s), args) for m in common.split_list(args.modalities)
                            for s in common.split_list(args.seeds)]
+        out["summary"] = summarize(out["accuracy"])
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
         print(f"wrote {args.json}")

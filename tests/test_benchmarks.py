@@ -106,3 +106,20 @@ def test_make_batch_text_has_no_special_inside():
     assert (ids[:, 0] == enc.bos_idx).all() and (ids[:, -1] == enc.eos_idx).all()
     inner = ids[:, 1:-1]
     assert (inner >= 4).all() and (inner < enc.vocab_size).all() and not (inner == enc.mask_idx).any()
+
+
+def test_bench_v2_time_to_accuracy_summary():
+    import bench_v2
+
+    assert bench_v2.eval_fraction("1/3") == pytest.approx(1 / 3) and bench_v2.eval_fraction("1") == 1.0
+    with pytest.raises(SystemExit, match="fractions"):
+        bench_v2.eval_fraction("4/3")
+    curve = lambda *acc: [{"steps": i, "seconds": 10.0 * i, "accuracy": a} for i, a in enumerate(acc, 1)]  # noqa: E731
+    rows = [dict(modality="image", seed=0, v1_accuracy=0.5, v2_curve=curve(0.4, 0.6), time_ratio=0.2),
+            dict(modality="image", seed=1, v1_accuracy=0.5, v2_curve=curve(0.45, 0.55), time_ratio=0.4),
+            dict(modality="text", seed=0, v1_accuracy=0.7, v2_curve=curve(0.6, 0.65), time_ratio=None)]
+    s = bench_v2.summarize(rows)
+    assert s["image"]["reached"] == 2 and s["image"]["ratio_mean"] == pytest.approx(0.3)
+    assert s["image"]["ratio_se"] == pytest.approx(0.1)  # stdev 0.1414 / sqrt(2)
+    assert s["text"]["reached"] == 0 and s["text"]["ratio_mean"] is None  # never reached: not averaged in
+    assert s["text"]["v2_final_accuracy"] == [0.65]
