@@ -177,12 +177,19 @@ def _tensor(src: dict, key: str, part: int | None, shape: torch.Size, ours: str,
             raise CheckpointError(f"{where} {key} has shape {tuple(t.shape)}, expected [1, 1, H, 1, 1] (one scale per "
                                   f"head; per-layer scales are not supported) for our alibi_scale {tuple(shape)}")
         t = rearrange(t, "1 1 h 1 1 -> h")
-        if t.shape[0] == 1 and shape[0] > 1:  # one learned scale for every head (learned_alibi_scale_per_head off)
-            t = t.expand(shape[0])
     if t.shape != shape:
         raise CheckpointError(f"{where} {key} has shape {tuple(t.shape)}, but our {ours} has shape {tuple(shape)}. "
                               f"Expected {_describe_config(cfg)}; the checkpoint holds {_describe_checkpoint(state)}")
     return t
+
+
+def _take(src: dict, kmap: dict, extra: set[str], where: str, cfg: Data2VecConfig, state: dict,
+          shapes: dict[str, torch.Size]) -> dict[str, Tensor]:
+    """{ours: tensor} for `kmap` from `src`, which must hold exactly kmap's keys plus `extra` (checked, not loaded)."""
+    _check_keys(set(src), {k for k, _ in kmap.values()} | extra, where, cfg, state)
+    for key in extra:
+        _check_fixed_positions(src[key], cfg, key)
+    return {ours: _tensor(src, k, part, shapes[ours], ours, where, cfg, state) for ours, (k, part) in kmap.items()}
 
 
 def convert(state: dict, cfg: Data2VecConfig, shapes: dict[str, torch.Size]) -> dict[str, Tensor]:
@@ -195,27 +202,16 @@ def convert(state: dict, cfg: Data2VecConfig, shapes: dict[str, torch.Size]) -> 
                               f"{_describe_config(cfg)}: pass modality="
                               f"{[k for k, v in FAIRSEQ_MODALITY.items() if v in held]}")
     kmap = key_map(cfg)
-    fixed = f"modality_encoders.{mod}.fixed_positional_encoder.positions"  # images: our fixed sin-cos buffer
-    extra = {fixed} if cfg.modality == "image" else set()
-    model_keys = {k for k in state if k != "_ema"}
-    _check_keys(model_keys, {k for k, _ in kmap.values()} | extra, "the model", cfg, state)
-    out = {ours: _tensor(state, k, part, shapes[ours], ours, "model", cfg, state) for ours, (k, part) in kmap.items()}
-
-    ema = state.get("_ema")
-    teacher_src = {}
-    if ema is not None:
+    fixed = {f"modality_encoders.{mod}.fixed_positional_encoder.positions"} if cfg.modality == "image" else set()
+    model = {k: v for k, v in state.items() if k != "_ema"}
+    out = _take(model, kmap, fixed, "the model", cfg, state, shapes)
+    teacher = {}
+    if "_ema" in state:
         tmap = {ours: (teacher_key(cfg, k), part) for ours, (k, part) in kmap.items() if teacher_key(cfg, k)}
-        t_extra = {teacher_key(cfg, k) for k in extra}
-        _check_keys(set(ema), {k for k, _ in tmap.values()} | t_extra, "`_ema` (the teacher)", cfg, state)
-        teacher_src = {ours: _tensor(ema, k, part, shapes[ours], ours, "_ema", cfg, state) for ours, (k, part) in tmap.items()}
-        extra_src = [(ema, teacher_key(cfg, k)) for k in extra]
-    else:
-        extra_src = []
-    for src, key in [(state, k) for k in extra] + extra_src:
-        _check_fixed_positions(src[key], cfg, key)
-    for ours, t in list(out.items()):
-        if ours.startswith("student."):  # teacher: its `_ema` tensor, else the student's (shared or no `_ema`)
-            out["teacher.model." + ours[len("student."):]] = teacher_src.get(ours, t)
+        teacher = _take(state["_ema"], tmap, {teacher_key(cfg, k) for k in fixed}, "`_ema` (the teacher)", cfg,
+                        state, shapes)
+    for ours in [k for k in out if k.startswith("student.")]:  # what fairseq's teacher lacks is shared: copied
+        out["teacher.model." + ours[len("student."):]] = teacher.get(ours, out[ours])
     return out
 
 
@@ -247,8 +243,8 @@ class _Stub:
         self.state = state
 
 
-_REAL = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-         ("torch", "Size"), ("builtins", "set"), ("builtins", "frozenset"), ("builtins", "slice")}
+_REAL = {("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"),
+         ("torch._utils", "_rebuild_parameter"), ("torch", "Size"), ("builtins", "set"), ("builtins", "frozenset")}
 
 
 class _Unpickler(pickle.Unpickler):
@@ -271,7 +267,8 @@ def read_checkpoint(path: str | Path) -> dict:
     other class or function the file names (its config) becomes an inert stand-in, so no code from the file runs."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no fairseq checkpoint at {path}: pass the .pt file (e.g. base_libri.pt) or a state dict")
+        raise CheckpointError(f"no fairseq checkpoint at {path}: pass the .pt file (e.g. base_libri.pt) or its "
+                              f"state dict")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LenientPickle)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same clear message
@@ -282,10 +279,15 @@ def read_checkpoint(path: str | Path) -> dict:
 def _model_state(ckpt, what: str) -> dict:
     state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not any(k.startswith("modality_encoders.") for k in state):
-        got = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{what} is not a fairseq data2vec 2.0 (data2vec_multi) checkpoint: expected a dict with "
-                              f"'model' holding 'modality_encoders.*' keys, got {got}")
-    bad = [k for k, v in state.items() if k != "_ema" and not torch.is_tensor(v)]
+        got = sorted(state)[:8] if isinstance(state, dict) else type(ckpt).__name__
+        nested = isinstance(state, dict) and any(".modality_encoders." in k for k in state)
+        hint = (": this looks like a fine-tuned model (its encoder sits under a prefix such as "
+                "w2v_encoder.w2v_model.); load the pretrained ('No fine-tuning') checkpoint") if nested else ""
+        raise CheckpointError(f"{what} is not a pretrained fairseq data2vec 2.0 (data2vec_multi) checkpoint: expected "
+                              f"a dict with 'model' holding 'modality_encoders.*' keys, got {got}{hint}")
+    ema = state.get("_ema", {})
+    bad = [k for k, v in state.items() if k != "_ema" and not torch.is_tensor(v)] + (
+        [f"_ema.{k}" for k, v in ema.items() if not torch.is_tensor(v)] if isinstance(ema, dict) else ["_ema"])
     if bad:
         raise CheckpointError(f"{what}: {_names(bad)} are not tensors")
     return state

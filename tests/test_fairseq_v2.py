@@ -130,7 +130,8 @@ def _check_loaded(modality, loaded, source):
     s, t, src_t = (dict(m.named_parameters()) for m in (loaded.student, loaded.teacher.model, source.teacher.model))
     for name in t:  # the teacher holds `_ema`, except what fairseq's teacher shares with (copies from) the student
         want = s[name] if name.startswith(shared) else src_t[name]
-        assert torch.equal(t[name], want), f"teacher {name} is not its {'student' if name.startswith(shared) else '_ema'} tensor"
+        source_of = "student" if name.startswith(shared) else "_ema"
+        assert torch.equal(t[name], want), f"teacher {name} is not its {source_of} tensor"
         if not name.startswith(shared):
             assert not torch.equal(t[name], s[name]), f"teacher {name} equals the student's: `_ema` was not used"
     x, pm = tiny_batch(modality, batch=2)
@@ -147,7 +148,8 @@ def fairseq_block(sd: dict, base: str, x: torch.Tensor, heads: int, eps: float) 
     qkv = F.linear(x, sd[f"{base}.attn.qkv.weight"], sd[f"{base}.attn.qkv.bias"])
     q, k, v = qkv.reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)
     attn = ((q * (C // heads) ** -0.5) @ k.transpose(-2, -1)).softmax(-1)
-    a = F.linear((attn @ v).transpose(1, 2).reshape(B, N, C), sd[f"{base}.attn.proj.weight"], sd[f"{base}.attn.proj.bias"])
+    y = (attn @ v).transpose(1, 2).reshape(B, N, C)
+    a = F.linear(y, sd[f"{base}.attn.proj.weight"], sd[f"{base}.attn.proj.bias"])
     r = F.layer_norm(x + a, (C,), sd[f"{base}.norm1.weight"], sd[f"{base}.norm1.bias"], eps)
     h = F.linear(F.gelu(F.linear(r, sd[f"{base}.mlp.fc1.weight"], sd[f"{base}.mlp.fc1.bias"])),
                  sd[f"{base}.mlp.fc2.weight"], sd[f"{base}.mlp.fc2.bias"])
@@ -234,8 +236,11 @@ def test_a_checkpoint_that_does_not_fit_is_refused_clearly():
     with pytest.raises(CheckpointError, match=r"blocks\.0\.mlp\.fc1\.weight has shape \(192, 96\), but our "
                                               r"student\.transformer\.blocks\.0\.fc1\.weight has shape \(256, 96\)"):
         load_fairseq_v2(sd, "speech", cfg=wider)
-    with pytest.raises(CheckpointError, match="not a fairseq data2vec 2.0"):
+    with pytest.raises(CheckpointError, match="not a pretrained fairseq data2vec 2.0"):
         load_fairseq_v2({"encoder.layers.0.weight": torch.zeros(1)}, "speech", "tiny_v2")
+    finetuned = {"model": {f"w2v_encoder.w2v_model.{k}": v for k, v in sd.items() if k != "_ema"}}
+    with pytest.raises(CheckpointError, match="looks like a fine-tuned model"):
+        load_fairseq_v2(finetuned, "speech", "tiny_v2")
 
 
 def test_checkpoint_file_reads_without_fairseq_and_runs_no_code(tmp_path):
