@@ -27,6 +27,8 @@ Layout (../shared/reference/data2vec-recipes.md 4.1, 4.7 A12, C6, 6.5; checked a
 
 A checkpoint that does not fit the config raises CheckpointError naming the missing and unexpected keys, or
 both shapes of a mismatched tensor, with the expected modality and size and what the checkpoint holds.
+Text token ids are fairseq's dictionary ids (pad 1, as TextConfig.pad_idx). A .pt file is read without fairseq
+or omegaconf (`read_checkpoint`): its pickled config becomes inert stand-ins and no code from the file runs.
 """
 from __future__ import annotations
 
@@ -308,6 +310,7 @@ def load_fairseq_v2(source, modality: str, preset_name: str = "base_v2", cfg: Da
     cfg = cfg if cfg is not None else preset(modality, preset_name)
     if cfg.modality != modality:
         raise CheckpointError(f"cfg is a {cfg.modality} config, but modality={modality!r}")
+    _check_supported(cfg)
     state = read_checkpoint(source) if isinstance(source, (str, Path)) else _model_state(source, "the state dict")
     model = Data2Vec2(cfg)
     shapes = {k: v.shape for k, v in model.state_dict().items()}

@@ -236,6 +236,11 @@ def test_a_checkpoint_that_does_not_fit_is_refused_clearly():
     with pytest.raises(CheckpointError, match=r"blocks\.0\.mlp\.fc1\.weight has shape \(192, 96\), but our "
                                               r"student\.transformer\.blocks\.0\.fc1\.weight has shape \(256, 96\)"):
         load_fairseq_v2(sd, "speech", cfg=wider)
+    with pytest.raises(CheckpointError, match=r"2\.0 config"):
+        load_fairseq_v2(sd, "speech", cfg=preset("speech", "tiny"))  # a 1.0 config
+    image = fairseq_state(_source("image"))
+    with pytest.raises(CheckpointError, match=r"positions has shape \(1, 64, 96\).*10 x 10 patch grid.*\(1, 100, 96\)"):
+        load_fairseq_v2(image, "image", cfg=override(preset("image", "tiny_v2"), **{"encoder.image_size": 40}))
     with pytest.raises(CheckpointError, match="not a pretrained fairseq data2vec 2.0"):
         load_fairseq_v2({"encoder.layers.0.weight": torch.zeros(1)}, "speech", "tiny_v2")
     finetuned = {"model": {f"w2v_encoder.w2v_model.{k}": v for k, v in sd.items() if k != "_ema"}}
