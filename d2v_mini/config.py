@@ -273,3 +273,15 @@ def override(cfg, **changes):
             raise ConfigError(f"{head} is not a config section: set it with override(cfg, {head}=...)")
         top[head] = override(child, **sub)
     return replace(cfg, **top)
+
+
+def fit_schedules(cfg, steps: int):
+    """cfg with its schedules spanning a run of `steps` optimizer updates: the LR schedule's
+    total_steps = steps (warm-up capped at a tenth of the run, at least 1) and the EMA anneal over at
+    most `steps` updates (a constant tau stays constant). A short run then ends where the recipe's
+    schedules end (tau at decay_end, the LR decayed), instead of stopping part-way through them."""
+    if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
+        raise ConfigError(f"steps must be a positive integer (the run's optimizer updates), got {steps!r}")
+    o, e = cfg.optim, cfg.ema
+    return override(cfg, **{"optim.total_steps": steps, "optim.warmup_steps": min(o.warmup_steps, max(1, steps // 10)),
+                            "ema.anneal_steps": min(e.anneal_steps, steps) if e.anneal_steps else 0})

@@ -71,13 +71,10 @@ SPECS_V2 = {
 def tiny_config(spec: DemoSpec, steps: int, overrides: dict | None = None):
     """The tiny preset of `spec.modality` with its schedules (LR warm-up + cosine, EMA anneal) stretched
     over `steps`, then `overrides` ({"optim.lr": 1e-3, ...}) applied."""
-    from .config import override
+    from .config import fit_schedules, override
     from .presets import preset
 
-    cfg = preset(spec.modality, spec.preset)
-    o = cfg.optim
-    cfg = override(cfg, **{"optim.total_steps": steps, "optim.warmup_steps": min(o.warmup_steps, max(1, steps // 10)),
-                           "ema.anneal_steps": min(cfg.ema.anneal_steps, steps) if cfg.ema.anneal_steps else 0})
+    cfg = fit_schedules(preset(spec.modality, spec.preset), steps)
     return override(cfg, **(overrides or {}))
 
 

@@ -76,3 +76,20 @@ def test_cli_presets_table_and_json():
     base = next(r for r in rows if (r["modality"], r["preset"]) == ("speech", "base"))
     assert (base["layers"], base["dim"], base["heads"]) == (12, 768, 12)
     assert "93.2M" in run() and "0.999->0.9999" in run()
+
+
+def test_fit_schedules_ends_the_recipe_schedules_with_the_run():
+    from d2v_mini.config import fit_schedules
+    from d2v_mini.ema import ema_decay
+    from d2v_mini.errors import ConfigError
+
+    tiny = preset("speech", "tiny")  # schedules over 300 steps: a 120-step run stopped part-way (tau 0.9936)
+    assert ema_decay(120, tiny.ema) < tiny.ema.decay_end
+    cfg = fit_schedules(tiny, 120)
+    assert ema_decay(120, cfg.ema) == tiny.ema.decay_end and cfg.optim.total_steps == 120
+    assert cfg.optim.warmup_steps == 12  # capped at a tenth of the run (the preset's 20 would be a sixth)
+    assert (cfg.encoder, cfg.targets, cfg.masking) == (tiny.encoder, tiny.targets, tiny.masking)
+    vision = fit_schedules(preset("image", "base"), 50)  # a constant tau (anneal_steps 0) stays constant
+    assert vision.ema.anneal_steps == 0 and ema_decay(0, vision.ema) == 0.9998
+    with pytest.raises(ConfigError, match="positive integer"):
+        fit_schedules(tiny, 0)

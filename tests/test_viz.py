@@ -24,7 +24,7 @@ from d2v_mini.viz.diagram import draw_overview  # noqa: E402
 from d2v_mini.viz.masks import (GREY, format_tokens, mask_runs, masked_image, patch_grid,  # noqa: E402
                                 plot_ratio_hist, plot_spectrogram_mask, plot_tokens, sample_ratios, token_kinds)
 from d2v_mini.viz.targets import (channel_time_means, cosine_matrix, layer_stats, nearest, pca,  # noqa: E402
-                                  pca_rgb, plot_ema_schedule, same_label_neighbour_rate)
+                                  pca_rgb, plot_ema_schedule, same_label_chance, same_label_neighbour_rate)
 
 
 @pytest.fixture(autouse=True)
@@ -89,6 +89,18 @@ def test_same_label_neighbour_rate_tells_identity_from_context():
     valid = torch.zeros(3, 20, dtype=torch.bool)
     valid[:, :1] = True  # one position per row: nothing to compare
     assert np.isnan(same_label_neighbour_rate(identity, labels, valid))
+
+
+def test_same_label_chance_is_the_rate_of_features_that_ignore_the_label():
+    labels = torch.tensor([[0, 0, 1, 1, 2]])  # four counted positions, each with 1 same-label partner among 4 others
+    assert same_label_chance(labels) == pytest.approx(0.25)
+    valid = torch.tensor([[True, True, True, False, True]])  # label 1 now occurs once: only the two 0s count
+    assert same_label_chance(labels, valid) == pytest.approx(1 / 3)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (200, 30), generator=g)
+    unrelated = torch.randn(200, 30, 16, generator=g)  # nearest neighbours at random with respect to the label
+    assert abs(same_label_neighbour_rate(unrelated, labels) - same_label_chance(labels)) < 0.02
+    assert np.isnan(same_label_chance(torch.tensor([[0, 1, 2]])))
 
 
 def test_layer_stats_measure_scale_and_instance_norm_removes_channel_means():

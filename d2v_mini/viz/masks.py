@@ -199,7 +199,8 @@ def plot_ratio_hist(ratios: np.ndarray, paper: float | None = None, ax=None, tit
         ax.axvline(100 * paper, color="C3", linestyle="--", label=f"{label} {100 * paper:.1f}%")
     ax.set_xlabel("masked (%)")
     ax.set_ylabel("count")
-    ax.legend(fontsize="x-small", loc="upper left")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.45)  # headroom: the legend sits above the bars, not on them
+    ax.legend(loc="upper left", framealpha=0.9)
     if title:
-        ax.set_title(title, fontsize="small")
+        ax.set_title(title)
     return ax

@@ -4,6 +4,7 @@
     rgb = pca_rgb(targets[0], grid=(8, 8))                       # [h, w, 3] in [0, 1]: 3 principal components
     sim = cosine_matrix(targets[0])                              # [T, T] frame-by-frame cosine similarity
     idx, cos = nearest(targets[0], k=3)                          # each position's most similar other positions
+    same_label_neighbour_rate(y, tokens), same_label_chance(tokens)   # text: nearest neighbour is the same token?
     plot_ema_schedule({"speech base": cfg.ema, ...}, steps=400_000)
 
 All functions take plain tensors: x [T, D] (one example) or [B, T, D], padding_mask bool [B, T]
@@ -136,6 +137,26 @@ def same_label_neighbour_rate(x: Tensor, labels: Tensor, valid: Tensor | None = 
         hits += int((lab[idx[:, 0]] == lab)[counted].sum())
         total += int(counted.sum())
     return hits / total if total else float("nan")
+
+
+def same_label_chance(labels: Tensor, valid: Tensor | None = None) -> float:
+    """The chance level of `same_label_neighbour_rate`: the probability that a random *other* valid
+    position of the same row has the same label, averaged over the positions that the rate counts (those
+    whose label occurs at least twice among the valid positions of their row). labels: long [B, T];
+    valid: bool [B, T] (default all). Returns a fraction in [0, 1] (NaN if nothing is counted)."""
+    if labels.ndim != 2:
+        raise ValueError(f"expected labels [B, T], got shape {tuple(labels.shape)}")
+    valid = torch.ones(labels.shape, dtype=torch.bool) if valid is None else check_mask(valid, tuple(labels.shape), "valid")
+    total, counted = 0.0, 0
+    for lab, keep in zip(labels, valid):
+        lab = lab[keep]
+        if len(lab) < 2:
+            continue
+        counts = (lab[:, None] == lab[None, :]).sum(1)  # [T'] occurrences of each position's label
+        repeated = counts >= 2
+        total += float(((counts[repeated] - 1).float() / (len(lab) - 1)).sum())
+        counted += int(repeated.sum())
+    return total / counted if counted else float("nan")
 
 
 def plot_layer_stats(rows: Sequence[Mapping[str, float]], keys: Sequence[str] = ("rms", "channel_mean"), ax=None,
