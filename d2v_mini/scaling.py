@@ -39,10 +39,11 @@ def paper_batch(cfg: Data2VecConfig) -> tuple[int, str]:
     """The samples of one optimizer step of the recipe, and a description.
 
     Images and text: cfg.optim.batch_size (2048 / 4096 images, 256 blocks of 512 tokens). Speech batches
-    are counted in audio samples (16 GPUs x 3.8M = 60.8M samples, 63 minutes); here as 192 crops of 20 s
-    (= 16 x 12, so that it divides over GPUs), the longest crop the recipe takes."""
+    are counted in audio samples (16 GPUs x 3.8M = 60.8M samples, 63 minutes: `batching.describe_update`); the
+    FLOP and memory arithmetic counts it as 192 crops of 20 s (61.4M samples; = 16 x 12, so that it divides over
+    GPUs), the longest crop the recipe takes. The description says both."""
     if cfg.modality == "speech":
-        return SPEECH_CROPS_PER_UPDATE, f"{SPEECH_CROPS_PER_UPDATE} crops of 20 s (63 min of audio)"
+        return SPEECH_CROPS_PER_UPDATE, f"16 x 3.8M samples ~ {SPEECH_CROPS_PER_UPDATE} crops of 20 s"
     b = cfg.optim.batch_size
     if cfg.modality == "image":
         return b, f"{b} images of {cfg.encoder.image_size} px"

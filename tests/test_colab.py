@@ -25,7 +25,9 @@ def test_badges_and_install_lines_agree_with_pyproject():
     assert links.check(REPO) == []
     readme = (REPO / "README.md").read_text()
     notebooks = sorted((REPO / "notebooks").glob("[0-9]*.ipynb"))
-    assert len(notebooks) == 7 and readme.count("colab.research.google.com/github/") == len(notebooks)
+    names = {nb.name for nb in notebooks}  # 00-06, the closing 08 (and 07, data2vec 2.0, once it lands)
+    assert {f"0{i}" for i in (0, 1, 2, 3, 4, 5, 6, 8)} <= {name[:2] for name in names}
+    assert readme.count("colab.research.google.com/github/") == len(notebooks)
     for nb in notebooks:
         text = nb.read_text()
         assert text.count("colab.research.google.com/github/") == 1 and text.count("%pip install") == 1, nb.name

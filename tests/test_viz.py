@@ -22,7 +22,8 @@ from d2v_mini.scaling import (activation_bytes_per_sample, block_macs, flops_per
 from d2v_mini.targets import instance_norm  # noqa: E402
 from d2v_mini.viz.diagram import draw_overview  # noqa: E402
 from d2v_mini.viz.masks import (GREY, format_tokens, mask_runs, masked_image, patch_grid,  # noqa: E402
-                                plot_ratio_hist, plot_spectrogram_mask, plot_tokens, sample_ratios, token_kinds)
+                                label_tokens, plot_ratio_hist, plot_spectrogram_mask, plot_tokens, sample_ratios,
+                                token_kinds)
 from d2v_mini.viz.targets import (channel_time_means, cosine_matrix, layer_stats, nearest, pca,  # noqa: E402
                                   pca_rgb, plot_ema_schedule, same_label_chance, same_label_neighbour_rate)
 
@@ -171,6 +172,17 @@ def test_token_kinds_follow_the_bert_rule_and_format_marks_them():
     assert [t.get_text() for t in ax.texts] == ["a", "b", "c", "d"]
 
 
+def test_label_tokens_puts_one_token_under_each_index():
+    _, ax = plt.subplots()
+    ax.plot(range(4), [0.1, 0.2, 0.3, 0.4])
+    label_tokens(ax, ["<s>", " the", " cat", "</s>"], ["visible", "mask", "visible", "visible"])
+    assert list(ax.get_xticks()) == [0, 1, 2, 3]  # tick i sits at token index i: the strip lines up with the data
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["<s>", "·the", "·cat", "</s>"]
+    assert [t.get_bbox_patch() is not None for t in ax.get_xticklabels()] == [False, True, False, False]
+    with pytest.raises(ValueError, match="3 pieces but 2 kinds"):
+        label_tokens(ax, ["a", "b", "c"], ["visible", "mask"])
+
+
 def test_sample_ratios_measure_the_recipes_mask_ratios():
     block = sample_ratios(lambda g: block_mask(4, (14, 14), generator=g), n=10)
     assert block.shape == (40,) and block.max() <= 120 / 196 + 1e-6 and block.mean() > 0.6
@@ -241,8 +253,9 @@ def test_memory_is_linear_in_batch_and_attention_matrices_cost_extra():
 def test_paper_batches_are_the_recipes():
     assert paper_batch(preset("image", "base"))[0] == 2048 and paper_batch(preset("image", "large"))[0] == 4096
     assert paper_batch(preset("text", "base")) == (256, "256 blocks of 512 tokens")
-    crops, _ = paper_batch(preset("speech", "base"))
+    crops, note = paper_batch(preset("speech", "base"))
     assert abs(crops * 320_000 - 16 * 3_800_000) / (16 * 3_800_000) < 0.02  # 16 GPUs x 3.8M samples
+    assert note.startswith("16 x 3.8M samples")  # says the update the recipe counts, as notebook 04 and README do
 
 
 def test_speech_memory_estimate_agrees_with_a_reported_out_of_memory():

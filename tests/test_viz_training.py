@@ -12,6 +12,7 @@ import torch  # noqa: E402
 from d2v_mini.config import override  # noqa: E402
 from d2v_mini.data2vec import Data2Vec  # noqa: E402
 from d2v_mini.presets import preset  # noqa: E402
+from d2v_mini.viz.masks import masked_image  # noqa: E402
 from d2v_mini.viz.training import (  # noqa: E402
     format_recipes, load_history, pca_maps, per_row, plot_curves, plot_pca_maps, plot_probe, plot_sequence_cosine,
     plot_waveform, position_cosine, position_r2, predict, recipe_summary, shuffled_cosine,
@@ -126,7 +127,11 @@ def test_predict_on_a_tiny_model_is_seeded_and_plots():
     assert torch.equal(a.mask, b.mask) and torch.allclose(a.pred, b.pred)  # no dropout, the same seeded mask
     assert not a.pred.requires_grad and a.pred.shape == a.target.shape == (int(a.mask.sum()), cfg.encoder.dim)
     axes = plot_pca_maps(a, model.student.grid, image=x[0])
-    assert len(axes) == 3
+    assert len(axes) == 4
+    shown, student_input = (ax.get_images()[0].get_array() for ax in axes[:2])
+    assert a.mask[0].any() and not np.allclose(shown, student_input)  # the first panel is the image, unmasked
+    np.testing.assert_allclose(shown, masked_image(x[0], torch.zeros(a.mask.shape[1], dtype=torch.bool),
+                                                   model.student.grid))
     ax = plot_sequence_cosine(a, row=1, unit="patch")
     own = ax.get_lines()[0].get_ydata()
     expected = per_row(position_cosine(a.pred, a.target), a.mask)[1].numpy()
@@ -151,6 +156,9 @@ def test_recipe_summary_reads_the_numbers_from_the_config():
     assert base["targets"].startswith("top K=8 of 12 layers (FFN output), instance norm each")
     assert base["teacher"].startswith("tau 0.999 -> 0.9999 over 30000 steps")
     assert base["loss"] == "L2, sum over D x 1/sqrt(D)"
+    # one update is 16 batches of <= 3.8M samples (fairseq's 16 GPUs), not 16 clips: say it in samples
+    assert "batch 16 x 3.8M samples = 60.8M (63.3 min)" in base["optim"]
+    assert "batch 16 clips <= " in recipe_summary(preset("speech", "tiny"))["optim"]
     image = recipe_summary(preset("image", "base"))
     assert image["masking"] == "block: 120 of 196 patches, blocks >= 16" and "(constant)" in image["teacher"]
     assert image["loss"] == "Smooth L1 (beta=2), mean over elements"

@@ -177,6 +177,22 @@ def plot_tokens(pieces: Sequence[str], kinds: Sequence[str], ax=None, width: flo
     return ax
 
 
+def label_tokens(ax, pieces: Sequence[str], kinds: Sequence[str] | None = None, fontsize: float = 8):
+    """Label the x axis of a per-token plot (x = token index 0..n-1) with the tokens themselves, one tick per
+    token, so the text lines up with the data above it; tokens of a `kinds` other than "visible" get
+    `plot_tokens`' colours (orange: <mask>). A leading space of a BPE piece shows as "·". Returns the Axes."""
+    kinds = ["visible"] * len(pieces) if kinds is None else list(kinds)
+    if len(pieces) != len(kinds):
+        raise ValueError(f"{len(pieces)} pieces but {len(kinds)} kinds")
+    ax.set_xticks(range(len(pieces)))
+    ax.set_xticklabels([p.replace(" ", "·") for p in pieces], rotation=90, family="monospace", fontsize=fontsize)
+    for label, k in zip(ax.get_xticklabels(), kinds):
+        if k != "visible":
+            label.set_bbox(dict(boxstyle="round,pad=0.15", fc=TOKEN_COLORS[k], ec="0.6", lw=0.5))
+    ax.set_xlim(-0.5, len(pieces) - 0.5)
+    return ax
+
+
 def sample_ratios(draw: Callable[[torch.Generator], Tensor], n: int = 200, seed: int = 0,
                   padding_mask: Tensor | None = None) -> np.ndarray:
     """Measure a mask generator: call `draw(generator)` n times (one seeded generator) and return the

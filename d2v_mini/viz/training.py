@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
+from ..batching import describe_update
 from ..masking import check_mask
 from .masks import mask_runs, masked_image
 
@@ -62,7 +63,9 @@ def recipe_summary(cfg) -> dict[str, str]:
     loss = "L2" if lo.beta == 0 else f"Smooth L1 (beta={lo.beta:g})"
     scale = "1/sqrt(D)" if lo.scale is None else f"{lo.scale:g}"
     loss += ", mean over elements" if lo.reduction == "mean" else f", sum over D x {scale}"
-    optim = (f"lr {o.lr:g}, batch {o.batch_size}, {o.schedule}, warm-up {o.warmup_steps} of {o.total_steps} steps")
+    # speech: one update in samples (base / large: batch_size batches of <= max_tokens samples, fairseq's 16 GPUs)
+    batch = describe_update(cfg) if cfg.modality == "speech" else f"{o.batch_size}"
+    optim = (f"lr {o.lr:g}, batch {batch}, {o.schedule}, warm-up {o.warmup_steps} of {o.total_steps} steps")
     encoder = f"{enc.depth} layers x {enc.dim} dims, {enc.heads} heads"
     if cfg.modality == "image":
         pos = {"shared": "shared relative position bias", "per_layer": "relative position bias per layer",
@@ -238,7 +241,7 @@ def plot_sequence_cosine(out, row: int = 0, ax=None, unit: str = "frame", seed: 
     ax.set_xlim(-0.5, len(masked) - 0.5)
     ax.set_xlabel(f"{unit} (shaded: masked)")
     ax.set_ylabel("cosine(pred, target)")
-    ax.legend(fontsize="small", loc="lower right")
+    ax.legend(loc="best", framealpha=0.85)
     ax.figure.tight_layout()
     return ax
 
@@ -331,18 +334,25 @@ def pca_maps(pred: Tensor, target: Tensor, mask: Tensor, grid: tuple[int, int], 
 
 
 def plot_pca_maps(out, grid: tuple[int, int], image: Tensor | None = None, row: int = 0, axes=None):
-    """Images: [input, masked patches grey] | teacher targets | student predictions, the masked
-    patches coloured by the targets' first 3 principal components (dark: the visible patches, no target). out: a
-    Data2VecOutput (pred, target [N, D], mask [B, h*w]); image: [C, H, W] of that row. Returns the Axes."""
+    """Images: [the unmasked image (the teacher's input) | the student's input, masked patches grey] |
+    teacher targets | student predictions, the masked patches coloured by the targets' first 3 principal
+    components (dark: the visible patches, no target). out: a Data2VecOutput (pred, target [N, D],
+    mask [B, h*w]); image: [C, H, W] of that row (4 panels with it, 2 without). Returns the Axes."""
     pred_map, target_map = pca_maps(out.pred, out.target, out.mask, grid, row)
-    n = 3 if image is not None else 2
+    n = 4 if image is not None else 2
     if axes is None:
         _, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.8), squeeze=False)
         axes = axes[0]
     axes = list(axes)
+    if len(axes) != n:
+        raise ValueError(f"plot_pca_maps draws {n} panels {'with' if image is not None else 'without'} an image, "
+                         f"got {len(axes)} axes")
     if image is not None:
-        axes[0].imshow(masked_image(image, out.mask[row], grid), interpolation="nearest")
-        axes[0].set_title("input (grey: masked)", fontsize="small")
+        unmasked = torch.zeros_like(out.mask[row], dtype=torch.bool)
+        axes[0].imshow(masked_image(image, unmasked, grid), interpolation="nearest")
+        axes[0].set_title("image (teacher's input)", fontsize="small")
+        axes[1].imshow(masked_image(image, out.mask[row], grid), interpolation="nearest")
+        axes[1].set_title("student's input (grey: masked)", fontsize="small")
     for a, (name, mp) in zip(axes[n - 2:], (("teacher targets", target_map), ("student predictions", pred_map))):
         a.imshow(np.where(np.isnan(mp), VISIBLE, mp), interpolation="nearest")
         a.set_title(name, fontsize="small")
