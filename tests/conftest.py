@@ -50,6 +50,21 @@ def tiny_batch(modality: str, batch: int = 4, seed: int = 0):
     return tokens, None
 
 
+def fit_fixed_batch(model, x, padding_mask, steps: int, lr: float = 2e-3) -> list[float]:
+    """`steps` AdamW + `ema_step` updates of a data2vec model (1.0 or 2.0) on one batch, a fresh seeded mask
+    each step. Returns the loss of every step."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for step in range(steps):
+        out = model(x, padding_mask, generator=torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        model.ema_step()
+        losses.append(out.loss.item())
+    return losses
+
+
 @pytest.fixture(params=["speech", "image", "text"])
 def modality(request):
     return request.param

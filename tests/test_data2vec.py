@@ -8,7 +8,7 @@ from d2v_mini.config import override
 from d2v_mini.data2vec import Data2Vec
 from d2v_mini.presets import preset
 
-from .conftest import tiny_batch
+from .conftest import fit_fixed_batch, tiny_batch
 
 
 def _capture_teacher_inputs(model):
@@ -111,15 +111,7 @@ def test_tiny_model_loss_falls_on_a_fixed_batch(modality):
     torch.manual_seed(0)
     cfg = preset(modality, "tiny")
     model = Data2Vec(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     x, pm = tiny_batch(modality, batch=8)
-    losses = []
-    for step in range(40):
-        out = model(x, pm, generator=torch.Generator().manual_seed(step))
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        model.ema_step()
-        losses.append(out.loss.item())
+    losses = fit_fixed_batch(model, x, pm, steps=40)
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < 0.85 * first, f"{modality}: loss {first:.3f} -> {last:.3f}"  # image: 0.275 -> 0.225
