@@ -29,6 +29,7 @@ import math
 import torch
 
 from .config import Data2VecConfig, ImageConfig, SpeechConfig
+from .decoder import Decoder
 from .encoder import build_encoder
 
 GIB = 1024 ** 3
@@ -68,7 +69,7 @@ def input_tokens(cfg: Data2VecConfig, input_size: int | None = None) -> int:
 def masked_fraction(cfg: Data2VecConfig) -> float:
     """The expected fraction of positions in the loss (speech 1 - (1 - p/len)^len ~ 0.49; images
     num_patches / patches; text prob x (1 - random - keep), the `<mask>`-replaced tokens)."""
-    if getattr(cfg, "version", 1) == 2:
+    if cfg.version == 2:
         return cfg.v2.mask_prob  # 2.0 masks exactly int(prob x T) per row (images: of the patches)
     m, enc = cfg.masking, cfg.encoder
     if m.kind == "span":
@@ -110,7 +111,7 @@ def flops_per_sample(cfg: Data2VecConfig, input_size: int | None = None) -> dict
     enc = cfg.encoder
     t = input_tokens(cfg, input_size)
     front, pos = _front_end_macs(cfg, input_size)
-    if getattr(cfg, "version", 1) == 2:
+    if cfg.version == 2:
         return _flops_v2(cfg, t, front, pos)
     blocks = enc.depth * block_macs(t, enc.dim, enc.ffn_dim)
     positions = (t - 1 if isinstance(enc, ImageConfig) else t) * masked_fraction(cfg)
@@ -156,15 +157,13 @@ def _flops_v2(cfg: Data2VecConfig, t: int, front: int, pos: int) -> dict[str, fl
 
 def _num_params(cfg: Data2VecConfig) -> tuple[int, int]:
     """(encoder parameters, regression head parameters), counted on the meta device (no memory)."""
-    with torch.device("meta"):
-        n = build_encoder(cfg).num_params()
     d = cfg.encoder.dim
-    if getattr(cfg, "version", 1) == 2:  # the decoder is 2.0's head
-        from .decoder import Decoder
-        with torch.device("meta"):
-            grid = (cfg.encoder.image_size // cfg.encoder.patch_size,) * 2 if isinstance(cfg.encoder, ImageConfig) \
-                else None
-            return n, sum(p.numel() for p in Decoder(d, cfg.v2.decoder, grid).parameters())
+    with torch.device("meta"):
+        encoder = build_encoder(cfg)
+        if cfg.version == 2:  # the decoder is 2.0's head
+            decoder = Decoder(d, cfg.v2.decoder, getattr(encoder, "grid", None))
+            return encoder.num_params(), sum(p.numel() for p in decoder.parameters())
+    n = encoder.num_params()
     head = d * d + d if cfg.loss.head_layers == 1 else (d * 2 * d + 2 * d) + (2 * d * d + d)
     return n, head
 
@@ -193,7 +192,7 @@ def activation_bytes_per_sample(cfg: Data2VecConfig, input_size: int | None = No
     per_token = 26 * d + 4 * f if value_bytes < 4 else 4 * (9 * d + 2 * f)
     per_token += 2 * d if max(enc.dropout, enc.attn_dropout, enc.activation_dropout) > 0 else 0
     per_token += 2 * d * value_bytes if enc.layer_scale_init > 0 else 0
-    v2 = getattr(cfg, "version", 1) == 2
+    v2 = cfg.version == 2
     m, tv = (cfg.v2.clone_batch, visible_tokens(cfg, t)) if v2 else (1, t)  # 2.0: M clones of the visible tokens
     blocks = enc.depth * m * tv * per_token
     if not flash:
