@@ -7,7 +7,7 @@ the teacher shares with the student), `loss` (L2, `scale`), `optim`, `guard`.
 
 The 2.0 encoders reuse the 1.0 front ends and blocks (post-LN everywhere) and differ in positions:
 speech adds learned-scale ALiBi to the conv positions, images use fixed 2-D sin-cos positions and no
-relative bias, text is unchanged. `prenet_depth` blocks (fairseq's modality-specific context encoder)
+relative bias, text keeps learned absolute positions (ALiBi instead is an option, `TextConfig2`). `prenet_depth` blocks (fairseq's modality-specific context encoder)
 are the first blocks of the stack; only the last `depth - prenet_depth` ("shared") blocks give targets.
 Source: ../shared/reference/data2vec-recipes.md section 4.
 """
@@ -46,10 +46,17 @@ class ImageConfig2(ImageConfig):
 
 @dataclass
 class TextConfig2(TextConfig):
-    """data2vec 2.0 text encoder: the RoBERTa embedding of 1.0; masked tokens are dropped, never `<mask>`."""
+    """data2vec 2.0 text encoder: the RoBERTa embedding of 1.0; masked tokens are dropped, never `<mask>`.
+
+    Positions (fairseq D2vTextConfig / D2vModalityConfig options; the released text configs use learned
+    absolute positions and no ALiBi): `positions` "learned" (learned_pos) or "none"
+    (no_token_positional_embeddings); `alibi` adds speech's ALiBi with one learned scale per head
+    (use_alibi_encoder, learned_alibi_scale_per_head), shared with the teacher like the embeddings."""
 
     version: int = 2
     prenet_depth: int = 0
+    positions: Literal["learned", "none"] = "learned"
+    alibi: bool = False
 
 
 @dataclass

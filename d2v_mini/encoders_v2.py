@@ -53,6 +53,14 @@ def alibi_slopes(heads: int) -> Tensor:
     return torch.tensor(power_of_two(p) + power_of_two(2 * p)[0::2][:heads - p])
 
 
+def alibi_bias(positions: Tensor, slopes: Tensor, scale: Tensor) -> Tensor:
+    """Symmetric ALiBi: -|i - j| * slope_h * max(scale_h, 0). positions: [B, K] original indices (or [1, T]);
+    slopes, scale: [H]. Returns the additive attention bias [B, H, K, K] (fp32)."""
+    p = positions.float()
+    dist = (rearrange(p, "b i -> b 1 i 1") - rearrange(p, "b j -> b 1 1 j")).abs()
+    return -dist * rearrange(slopes * scale.float().clamp_min(0), "h -> 1 h 1 1")
+
+
 def sincos_2d(dim: int, grid: tuple[int, int]) -> Tensor:
     """MAE's fixed 2-D sin-cos positions [H * W, dim] (row-major patches, no CLS row): the first dim/2
     channels encode the column, the second the row; each half is [sin(p w), cos(p w)],
@@ -81,10 +89,7 @@ class SpeechEncoder2(SpeechEncoder):
 
     def alibi(self, positions: Tensor) -> Tensor:
         """positions: [B, K] frame indices (or [1, T]) -> additive bias [B, H, K, K] (fp32)."""
-        p = positions.float()
-        dist = (rearrange(p, "b i -> b 1 i 1") - rearrange(p, "b j -> b 1 1 j")).abs()
-        slope = self.slopes * self.alibi_scale.float().clamp_min(0)
-        return -dist * rearrange(slope, "h -> 1 h 1 1")
+        return alibi_bias(positions, self.slopes, self.alibi_scale)
 
     def forward_features(self, features: Tensor, mask: Tensor | None = None,
                          padding_mask: Tensor | None = None) -> EncoderOutput:
@@ -135,7 +140,18 @@ class ImageEncoder2(ImageEncoder):
 
 
 class TextEncoder2(TextEncoder):
-    """The 1.0 RoBERTa embedding; `mask` drops tokens (no `<mask>` id is ever fed)."""
+    """The 1.0 RoBERTa embedding; `mask` drops tokens (no `<mask>` id is ever fed). Options (TextConfig2):
+    no absolute positions, ALiBi over the original token distances (its scale is copied by the teacher,
+    which runs on the student's embeddings)."""
+
+    groups = {"front_end": ("tokens.", "emb_norm."), "positional": ("positions.", "alibi_scale")}
+
+    def __init__(self, cfg: TextConfig2):
+        super().__init__(cfg)
+        if cfg.positions == "none":
+            self.positions = None
+        self.alibi_scale = nn.Parameter(torch.ones(cfg.heads)) if cfg.alibi else None
+        self.register_buffer("slopes", alibi_slopes(cfg.heads), persistent=False)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, padding_mask: Tensor | None = None) -> EncoderOutput:
         """x: token ids long [B, T]; mask: bool [B, T], True = drop the token."""
@@ -149,7 +165,11 @@ class TextEncoder2(TextEncoder):
         x = features if ids is None else gather_tokens(features, ids)
         if padding_mask is not None and not padding_mask.any():
             padding_mask = None
-        x, hidden, results = self.transformer(x, padding_mask)
+        bias = None
+        if self.alibi_scale is not None:  # right padding: a token's index is its position
+            pos = ids if ids is not None else torch.arange(x.shape[1], device=x.device)[None]
+            bias = alibi_bias(pos, self.slopes, self.alibi_scale).to(x.dtype)
+        x, hidden, results = self.transformer(x, padding_mask, bias)
         return EncoderOutput(x, hidden, results, padding_mask)
 
 

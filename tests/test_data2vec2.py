@@ -18,6 +18,13 @@ def _model(modality, **changes):
     return Data2Vec2(override(preset(modality, "tiny_v2"), **changes))
 
 
+def _released_ema(modality):
+    """The released configs' EMA sharing (base_v2) and text positions, as overrides of a tiny_v2 preset."""
+    base = preset(modality, "base_v2")
+    text = {"encoder.positions": "learned", "encoder.alibi": False} if modality == "text" else {}
+    return {"ema.shared": base.ema.shared, "ema.teacher_input": base.ema.teacher_input, **text}
+
+
 def _spy_blocks(encoder):
     """Record the input [B, T, D] of every call of the encoder's first block."""
     seen = []
@@ -172,7 +179,8 @@ def test_target_norms_act_per_modality():
     ("image", [], ["patch_embed", "cls_token", "transformer", "context_norm"]),
     ("text", ["tokens", "positions", "emb_norm"], ["transformer"])])
 def test_ema_sharing_per_modality(modality, copied, averaged):
-    model = _model(modality)
+    """What the released configs (base_v2) share; tiny_v2 speech differs (see test_tiny_speech_teacher_...)."""
+    model = _model(modality, **_released_ema(modality))
     with torch.no_grad():
         for p in model.student.parameters():
             p.add_(torch.randn_like(p))
@@ -191,7 +199,7 @@ def test_teacher_input_per_modality():
     """Speech and text teachers read the student's front-end features (their own front end is unused);
     the image teacher runs its own EMA patch embedding on the raw image."""
     for modality, uses_own_front_end in (("speech", False), ("text", False), ("image", True)):
-        model = _model(modality).eval()
+        model = _model(modality, **_released_ema(modality)).eval()
         x, pm = tiny_batch(modality, batch=2)
         feats, fpm = model.student.embed(x, pm)
         before = model.targets(x, feats, pm, fpm)
@@ -201,6 +209,54 @@ def test_teacher_input_per_modality():
                 p.add_(1.0)
         after = model.targets(x, feats, pm, fpm)
         assert (not torch.allclose(before, after)) == uses_own_front_end, modality
+
+
+def test_tiny_speech_teacher_runs_its_own_ema_cnn():
+    """tiny_v2 speech sets fairseq's ema_local_encoder: the teacher encodes the raw waveform with its own EMA
+    copy of the CNN (moving that copy moves the targets), and the EMA averages the CNN instead of copying it."""
+    model = _model("speech").eval()
+    assert model.cfg.ema.teacher_input == "raw" and model.cfg.ema.shared == ()
+    x, pm = tiny_batch("speech", batch=2)
+    feats, fpm = model.student.embed(x, pm)
+    before = model.targets(x, feats, pm, fpm)
+    with torch.no_grad():
+        for p in model.student.feature_proj.parameters():  # the student's CNN output no longer matters
+            p.add_(1.0)
+    torch.testing.assert_close(model.targets(x, model.student.embed(x, pm)[0], pm, fpm), before)
+    with torch.no_grad():
+        for p in model.teacher.model.feature_proj.parameters():
+            p.add_(1.0)
+    assert not torch.allclose(model.targets(x, feats, pm, fpm), before)
+    with torch.no_grad():
+        model.student.feature_proj.weight.add_(torch.randn_like(model.student.feature_proj.weight))
+    old = model.teacher.model.feature_proj.weight.detach().clone()
+    model.ema_step()  # averaged, not copied: the teacher moves, but only part of the way
+    s, t = model.student.feature_proj.weight, model.teacher.model.feature_proj.weight
+    assert not torch.equal(t, old) and not torch.equal(t, s)
+
+
+def test_text_alibi_without_absolute_positions():
+    """TextConfig2(positions="none", alibi=True): no learned position table, so without ALiBi the encoder
+    cannot tell order (permuted tokens give permuted outputs); ALiBi measures the original distances of the
+    kept tokens (dropping b from [a b c d] is not encoding [a c d]); the teacher copies its scale."""
+    model = _model("text", **{"encoder.positions": "none", "encoder.alibi": False}).eval()
+    x = torch.randint(5, 2000, (1, 12))
+    perm = torch.randperm(12)
+    h = model.student(x).last_hidden_state
+    torch.testing.assert_close(model.student(x[:, perm]).last_hidden_state, h[:, perm], atol=1e-5, rtol=0)
+    model = _model("text", **{"encoder.positions": "none", "encoder.alibi": True}).eval()
+    assert model.student.positions is None and "alibi_scale" in model.teacher.shared_names
+    h = model.student(x).last_hidden_state
+    assert not torch.allclose(model.student(x[:, perm]).last_hidden_state, h[:, perm], atol=1e-3)
+    mask = torch.zeros(1, 12, dtype=torch.bool)
+    mask[0, 1] = True
+    dropped = model.student(x, mask).last_hidden_state  # [1, 11, D]: b's neighbours stay 2 apart
+    contiguous = model.student(x[:, torch.arange(12) != 1]).last_hidden_state
+    assert dropped.shape == contiguous.shape and not torch.allclose(dropped, contiguous, atol=1e-3)
+    with torch.no_grad():
+        model.student.alibi_scale.mul_(0.5)
+    model.ema_step()
+    assert torch.equal(model.teacher.model.alibi_scale, model.student.alibi_scale)
 
 
 # ----------------------------------------------------------------------------- presets, config, learning
@@ -220,9 +276,12 @@ def test_released_sizes_and_config_round_trip():
 
 def test_tiny_v2_learns_and_beats_random_init(modality):
     """Loss falls on a fixed batch; on held-out inputs with fresh masks the trained student + decoder
-    regress the trained teacher's targets better than a random-init student + decoder."""
+    regress the trained teacher's targets better than a random-init student + decoder. Text runs with the
+    released learned positions here: on random tokens only positions carry over to held-out rows (tiny_v2's
+    ALiBi text: test_tiny_v2_text_loss_falls, and the demo's probe on real sentences)."""
     torch.manual_seed(0)
-    cfg = preset(modality, "tiny_v2")
+    released_positions = {"encoder.positions": "learned", "encoder.alibi": False} if modality == "text" else {}
+    cfg = override(preset(modality, "tiny_v2"), **released_positions)
     model, fresh = build_model(cfg), build_model(cfg)
     x, pm = tiny_batch(modality, batch=4)
     losses = fit_fixed_batch(model, x, pm, steps=25)
@@ -235,6 +294,17 @@ def test_tiny_v2_learns_and_beats_random_init(modality):
         trained = model(held, hpm, generator=torch.Generator().manual_seed(99)).loss
         random_init = fresh(held, hpm, generator=torch.Generator().manual_seed(99)).loss
     assert trained < 0.8 * random_init, f"{modality}: trained {trained:.3f} vs random init {random_init:.3f}"
+
+
+def test_tiny_v2_text_loss_falls():
+    """tiny_v2 text (ALiBi, no absolute positions) fits a fixed batch of random tokens: there is no
+    position table to predict, so the loss falls more slowly than with learned positions (by 17% in 25 steps)."""
+    torch.manual_seed(0)
+    model = build_model(preset("text", "tiny_v2"))
+    x, pm = tiny_batch("text", batch=4)
+    losses = fit_fixed_batch(model, x, pm, steps=25)
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.9 * first, f"text: loss {first:.3f} -> {last:.3f}"
 
 
 def test_v1_configs_still_build_data2vec():

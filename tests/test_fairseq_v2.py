@@ -32,7 +32,11 @@ NAME = {"speech": "AUDIO", "image": "IMAGE", "text": "TEXT"}
 def _source(modality: str, seed: int = 0) -> Data2Vec2:
     """A tiny 2.0 model whose every tensor is moved off its init; its teacher differs from its student."""
     torch.manual_seed(seed)
-    model = Data2Vec2(preset(modality, "tiny_v2"))
+    # a released checkpoint's layout: tiny_v2 speech's teacher has its own CNN, tiny_v2 text uses ALiBi
+    ema = preset(modality, "base_v2").ema
+    text = {"encoder.positions": "learned", "encoder.alibi": False} if modality == "text" else {}
+    model = Data2Vec2(override(preset(modality, "tiny_v2"), **{"ema.shared": ema.shared,
+                                                                  "ema.teacher_input": ema.teacher_input, **text}))
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.add_(0.05 * torch.randn_like(p)) if "alibi_scale" not in name else p.uniform_(0.5, 2.0)

@@ -69,7 +69,9 @@ class TextEncoder(Encoder):
         check_mask(padding_mask, tuple(x.shape), name="padding_mask")
         keep = (~padding_mask).long()
         positions = torch.cumsum(keep, dim=1) * keep + self.cfg.pad_idx  # RoBERTa: first real token -> pad + 1
-        e = self.tokens(x) + self.positions(positions)
+        e = self.tokens(x)
+        if self.positions is not None:  # None: a 2.0 encoder without absolute positions (TextConfig2)
+            e = e + self.positions(positions)
         return self.dropout(self.emb_norm(e)), (padding_mask if padding_mask.any() else None)
 
     def forward_features(self, features: Tensor, mask: Tensor | None = None,
