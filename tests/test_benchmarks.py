@@ -123,3 +123,13 @@ def test_bench_v2_time_to_accuracy_summary():
     assert s["image"]["ratio_se"] == pytest.approx(0.1)  # stdev 0.1414 / sqrt(2)
     assert s["text"]["reached"] == 0 and s["text"]["ratio_mean"] is None  # never reached: not averaged in
     assert s["text"]["v2_final_accuracy"] == [0.65]
+
+
+def test_bench_text_targets_quick(tmp_path):
+    """At init the learned position table already explains a large share of the text targets' variance;
+    without absolute positions (tiny_v2's ALiBi) position explains little and token identity most."""
+    stdout, result = run_quick("bench_text_targets", tmp_path)
+    assert stdout.startswith("# ") and result["header"]["threads"] == 1
+    learned, alibi = result["rows"]
+    assert learned["init"]["by_position"] > 3 * alibi["init"]["by_position"]
+    assert alibi["init"]["by_token"] > 0.8 > alibi["init"]["by_position"] + 0.5

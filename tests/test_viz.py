@@ -25,7 +25,8 @@ from d2v_mini.viz.masks import (GREY, format_tokens, mask_runs, masked_image, pa
                                 label_tokens, plot_ratio_hist, plot_spectrogram_mask, plot_tokens, sample_ratios,
                                 token_kinds)
 from d2v_mini.viz.targets import (channel_time_means, cosine_matrix, layer_stats, nearest, pca,  # noqa: E402
-                                  pca_rgb, plot_ema_schedule, same_label_chance, same_label_neighbour_rate)
+                                  pca_rgb, plot_ema_schedule, same_label_chance, same_label_neighbour_rate,
+                                  explained_by)
 
 
 @pytest.fixture(autouse=True)
@@ -77,6 +78,19 @@ def test_cosine_matrix_is_symmetric_with_unit_diagonal_and_sees_directions():
     idx, cos = nearest(x, k=2)
     assert idx[1, 0] == 3 and idx[3, 0] == 1 and cos[1, 0] == pytest.approx(1.0, abs=1e-6)
     assert not (idx == torch.arange(10)[:, None]).any()  # a position is never its own neighbour
+
+
+def test_explained_by_is_the_variance_share_of_group_means():
+    g = torch.Generator().manual_seed(0)
+    positions = torch.arange(8).repeat(40)
+    table = torch.randn(8, 6, generator=g)[positions]  # targets that are a function of position: all explained
+    assert explained_by(table, positions) == pytest.approx(1.0)
+    noise = torch.randn(320, 6, generator=g)
+    mixed = explained_by(table + noise, positions)  # equal parts table and noise: about half
+    assert 0.35 < mixed < 0.65
+    assert explained_by(noise, torch.randint(0, 4, (320,), generator=g)) < 0.05  # unrelated labels: ~ (G-1)/N
+    with pytest.raises(ValueError, match=r"\[N, D\]"):
+        explained_by(noise, positions[:10])
 
 
 def test_same_label_neighbour_rate_tells_identity_from_context():

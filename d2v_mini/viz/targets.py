@@ -5,6 +5,7 @@
     sim = cosine_matrix(targets[0])                              # [T, T] frame-by-frame cosine similarity
     idx, cos = nearest(targets[0], k=3)                          # each position's most similar other positions
     same_label_neighbour_rate(y, tokens), same_label_chance(tokens)   # text: nearest neighbour is the same token?
+    explained_by(y, positions), explained_by(y, tokens)          # share of the targets' variance a label explains
     plot_ema_schedule({"speech base": cfg.ema, ...}, steps=400_000)
 
 All functions take plain tensors: x [T, D] (one example) or [B, T, D], padding_mask bool [B, T]
@@ -137,6 +138,20 @@ def same_label_neighbour_rate(x: Tensor, labels: Tensor, valid: Tensor | None = 
         hits += int((lab[idx[:, 0]] == lab)[counted].sum())
         total += int(counted.sum())
     return hits / total if total else float("nan")
+
+
+def explained_by(x: Tensor, groups: Tensor) -> float:
+    """The share of the variance of x that its group means explain (R^2 of predicting each row by the mean of
+    its group; 1 = x is a function of the group). x: [N, D]; groups: long [N] (e.g. each target's position,
+    or its token id)."""
+    if x.ndim != 2 or groups.shape != x.shape[:1]:
+        raise ValueError(f"expected x [N, D] and groups [N], got {tuple(x.shape)} and {tuple(groups.shape)}")
+    x = x.double()
+    _, inverse = torch.unique(groups, return_inverse=True)
+    n = torch.zeros(int(inverse.max()) + 1, dtype=x.dtype).index_add_(0, inverse, torch.ones_like(inverse, dtype=x.dtype))
+    means = torch.zeros(len(n), x.shape[1], dtype=x.dtype).index_add_(0, inverse, x) / rearrange(n, "g -> g 1")
+    total = ((x - x.mean(0)) ** 2).sum()
+    return float(1 - ((x - means[inverse]) ** 2).sum() / total.clamp_min(1e-12))
 
 
 def same_label_chance(labels: Tensor, valid: Tensor | None = None) -> float:
