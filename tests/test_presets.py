@@ -61,6 +61,16 @@ def test_every_preset_round_trips_through_a_dict():
             assert again == cfg, (modality, name)
 
 
+def test_json_lists_override_tuple_fields_as_a_checkpoint_reloads_them():
+    """override(cfg, **{"ema.shared": []}) (a JSON or CLI list) stores the tuple a saved config reloads as,
+    so resuming the run does not report a changed config."""
+    from d2v_mini.config import override
+    cfg = override(preset("speech", "tiny_v2"), **{"ema.shared": ["front_end"],
+                                                   "encoder.conv_layers": [[32, 10, 5], [32, 3, 2]]})
+    assert cfg.ema.shared == ("front_end",) and cfg.encoder.conv_layers == ((32, 10, 5), (32, 3, 2))
+    assert Data2VecConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
 def test_unknown_preset_is_explained():
     with pytest.raises(ValueError, match="expected one of"):
         preset("image", "huge")
