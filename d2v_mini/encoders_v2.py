@@ -8,6 +8,7 @@ speech: x = features + ConvPositions(features with masked frames zeroed)  -> kee
         -> blocks with ALiBi (-|i - j| * slope_h * scale_h, from the original frame distances)
 image:  x = patches + fixed 2-D sin-cos  -> keep visible -> [CLS] + x -> LN -> blocks (post-LN)
 text:   x = token + learned position embeddings, LN, dropout  -> keep visible -> blocks
+        (TextConfig2 options: no position table; ALiBi from the original token distances, as speech)
 """
 from __future__ import annotations
 
