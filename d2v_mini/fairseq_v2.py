@@ -297,14 +297,25 @@ def _model_state(ckpt, what: str) -> dict:
     return state
 
 
+def released_layout(cfg: Data2VecConfig) -> Data2VecConfig:
+    """cfg with the released 2.0 configs' layout, which every released checkpoint has: their EMA sharing (speech:
+    no CNN in the teacher) and, for text, learned absolute positions without ALiBi (tiny_v2 differs in both)."""
+    from .presets import preset
+
+    base = preset(cfg.modality, "base_v2")
+    cfg = replace(cfg, ema=replace(cfg.ema, shared=base.ema.shared, teacher_input=base.ema.teacher_input))
+    if cfg.modality == "text":
+        cfg = replace(cfg, encoder=replace(cfg.encoder, positions=base.encoder.positions, alibi=base.encoder.alibi))
+    return cfg
+
+
 def load_fairseq_v2(source, modality: str, preset_name: str = "base_v2", cfg: Data2VecConfig | None = None):
     """A Data2Vec2 holding a fairseq data2vec 2.0 checkpoint (its student, decoder and `_ema` teacher).
 
     source: a checkpoint path, the dict `torch.load` returns, or its `["model"]` state dict;
     modality: "speech" | "image" | "text"; preset_name: the 2.0 preset of the checkpoint's size ("base_v2",
     "large_v2"); cfg: a config to use instead of the preset (e.g. with other dropouts), of the same sizes.
-    The teacher sharing and text positions are set to the released configs' (tiny_v2's speech teacher CNN and
-    text ALiBi are not what a released checkpoint holds).
+    The teacher sharing and text positions are set to the released configs' (`released_layout`).
     The model is returned in eval mode, fp32. Raises CheckpointError when the checkpoint does not fit."""
     from .data2vec2 import Data2Vec2
     from .presets import preset
@@ -314,12 +325,7 @@ def load_fairseq_v2(source, modality: str, preset_name: str = "base_v2", cfg: Da
     cfg = cfg if cfg is not None else preset(modality, preset_name)
     if cfg.modality != modality:
         raise CheckpointError(f"cfg is a {cfg.modality} config, but modality={modality!r}")
-    # a released checkpoint has the released configs' layout whatever cfg says: their EMA sharing (speech: no CNN
-    # in the teacher) and text's learned absolute positions without ALiBi (tiny_v2 differs in both)
-    base = preset(modality, "base_v2")
-    cfg = replace(cfg, ema=replace(cfg.ema, shared=base.ema.shared, teacher_input=base.ema.teacher_input))
-    if modality == "text":
-        cfg = replace(cfg, encoder=replace(cfg.encoder, positions=base.encoder.positions, alibi=base.encoder.alibi))
+    cfg = released_layout(cfg)
     _check_supported(cfg)
     state = read_checkpoint(source) if isinstance(source, (str, Path)) else _model_state(source, "the state dict")
     model = Data2Vec2(cfg)

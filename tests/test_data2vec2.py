@@ -7,6 +7,7 @@ import torch
 
 from d2v_mini.config import Data2VecConfig, override
 from d2v_mini.data2vec2 import Data2Vec2, build_model
+from d2v_mini.fairseq_v2 import released_layout
 from d2v_mini.masking_v2 import block_mask_1d, fix_count, inverse_block_mask_2d, keep_indices, random_mask
 from d2v_mini.presets import preset
 
@@ -16,13 +17,6 @@ from .conftest import fit_fixed_batch, tiny_batch
 def _model(modality, **changes):
     torch.manual_seed(0)
     return Data2Vec2(override(preset(modality, "tiny_v2"), **changes))
-
-
-def _released_ema(modality):
-    """The released configs' EMA sharing (base_v2) and text positions, as overrides of a tiny_v2 preset."""
-    base = preset(modality, "base_v2")
-    text = {"encoder.positions": "learned", "encoder.alibi": False} if modality == "text" else {}
-    return {"ema.shared": base.ema.shared, "ema.teacher_input": base.ema.teacher_input, **text}
 
 
 def _spy_blocks(encoder):
@@ -180,7 +174,8 @@ def test_target_norms_act_per_modality():
     ("text", ["tokens", "positions", "emb_norm"], ["transformer"])])
 def test_ema_sharing_per_modality(modality, copied, averaged):
     """What the released configs (base_v2) share; tiny_v2 speech differs (see test_tiny_speech_teacher_...)."""
-    model = _model(modality, **_released_ema(modality))
+    torch.manual_seed(0)
+    model = Data2Vec2(released_layout(preset(modality, "tiny_v2")))
     with torch.no_grad():
         for p in model.student.parameters():
             p.add_(torch.randn_like(p))
@@ -199,7 +194,8 @@ def test_teacher_input_per_modality():
     """Speech and text teachers read the student's front-end features (their own front end is unused);
     the image teacher runs its own EMA patch embedding on the raw image."""
     for modality, uses_own_front_end in (("speech", False), ("text", False), ("image", True)):
-        model = _model(modality, **_released_ema(modality)).eval()
+        torch.manual_seed(0)
+        model = Data2Vec2(released_layout(preset(modality, "tiny_v2"))).eval()
         x, pm = tiny_batch(modality, batch=2)
         feats, fpm = model.student.embed(x, pm)
         before = model.targets(x, feats, pm, fpm)

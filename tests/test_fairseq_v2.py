@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from d2v_mini.config import override
 from d2v_mini.data2vec2 import Data2Vec2
 from d2v_mini.errors import CheckpointError
-from d2v_mini.fairseq_v2 import load_fairseq_v2, read_checkpoint
+from d2v_mini.fairseq_v2 import load_fairseq_v2, read_checkpoint, released_layout
 from d2v_mini.presets import preset
 
 from .conftest import tiny_batch
@@ -32,11 +32,7 @@ NAME = {"speech": "AUDIO", "image": "IMAGE", "text": "TEXT"}
 def _source(modality: str, seed: int = 0) -> Data2Vec2:
     """A tiny 2.0 model whose every tensor is moved off its init; its teacher differs from its student."""
     torch.manual_seed(seed)
-    # a released checkpoint's layout: tiny_v2 speech's teacher has its own CNN, tiny_v2 text uses ALiBi
-    ema = preset(modality, "base_v2").ema
-    text = {"encoder.positions": "learned", "encoder.alibi": False} if modality == "text" else {}
-    model = Data2Vec2(override(preset(modality, "tiny_v2"), **{"ema.shared": ema.shared,
-                                                                  "ema.teacher_input": ema.teacher_input, **text}))
+    model = Data2Vec2(released_layout(preset(modality, "tiny_v2")))  # a released checkpoint's layout
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.add_(0.05 * torch.randn_like(p)) if "alibi_scale" not in name else p.uniform_(0.5, 2.0)
@@ -160,6 +156,13 @@ def fairseq_block(sd: dict, base: str, x: torch.Tensor, heads: int, eps: float) 
     return F.layer_norm(r + h, (C,), sd[f"{base}.norm2.weight"], sd[f"{base}.norm2.bias"], eps)
 
 
+def assert_block_is_fairseqs(loaded, index: int, sd: dict, name: str, eps: float) -> None:
+    """Our loaded block `index` computes what fairseq's block `name` computes on the same input (4 heads, D 96)."""
+    x = torch.randn(2, 7, 96)
+    ours, _ = loaded.student.transformer.blocks[index](x)
+    torch.testing.assert_close(ours, fairseq_block(sd, name, x, heads=4, eps=eps), rtol=1e-5, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------- one test per modality
 def test_speech_checkpoint_loads_exactly():
     source = _source("speech")
@@ -167,9 +170,7 @@ def test_speech_checkpoint_loads_exactly():
     loaded = load_fairseq_v2(sd, "speech", "tiny_v2")
     _check_loaded("speech", loaded, source)
     # fairseq's block computes what our loaded block computes (the fused q/k/v split is right)
-    x = torch.randn(2, 7, 96)
-    ours, _ = loaded.student.transformer.blocks[1](x)
-    torch.testing.assert_close(ours, fairseq_block(sd, "blocks.1", x, heads=4, eps=1e-5), rtol=1e-5, atol=1e-5)
+    assert_block_is_fairseqs(loaded, 1, sd, "blocks.1", eps=1e-5)
     # an older checkpoint's 4-D alibi_scale [1, H, 1, 1] (base.py upgrade_state_dict_named) loads the same
     old = fairseq_state(source)
     old["modality_encoders.AUDIO.alibi_scale"] = old["modality_encoders.AUDIO.alibi_scale"][0]
@@ -185,10 +186,7 @@ def test_image_checkpoint_loads_exactly():
     loaded = load_fairseq_v2(sd, "image", "tiny_v2")
     _check_loaded("image", loaded, source)
     # prenet block 0 is fairseq's context_encoder.blocks.0 (post-LN, eps 1e-6)
-    x = torch.randn(2, 5, 96)
-    ours, _ = loaded.student.transformer.blocks[0](x)
-    torch.testing.assert_close(ours, fairseq_block(sd, "modality_encoders.IMAGE.context_encoder.blocks.0", x, 4, 1e-6),
-                               rtol=1e-5, atol=1e-5)
+    assert_block_is_fairseqs(loaded, 0, sd, "modality_encoders.IMAGE.context_encoder.blocks.0", eps=1e-6)
     # the stored sin-cos table must be MAE's: rows and columns swapped is refused
     bad = fairseq_state(source)
     key = "modality_encoders.IMAGE.fixed_positional_encoder.positions"

@@ -148,7 +148,7 @@ def explained_by(x: Tensor, groups: Tensor) -> float:
         raise ValueError(f"expected x [N, D] and groups [N], got {tuple(x.shape)} and {tuple(groups.shape)}")
     x = x.double()
     _, inverse = torch.unique(groups, return_inverse=True)
-    n = torch.zeros(int(inverse.max()) + 1, dtype=x.dtype).index_add_(0, inverse, torch.ones_like(inverse, dtype=x.dtype))
+    n = torch.bincount(inverse).to(x.dtype)  # rows per group
     means = torch.zeros(len(n), x.shape[1], dtype=x.dtype).index_add_(0, inverse, x) / rearrange(n, "g -> g 1")
     total = ((x - x.mean(0)) ** 2).sum()
     return float(1 - ((x - means[inverse]) ** 2).sum() / total.clamp_min(1e-12))
