@@ -168,6 +168,23 @@ def test_target_norms_act_per_modality():
     torch.testing.assert_close(y.var(1, unbiased=False), torch.ones(2, y.shape[-1]), atol=2e-2, rtol=0)
 
 
+def test_tiny_text_targets_keep_each_sentence_mean():
+    """tiny_v2 text normalises each layer per token (LN), so a sentence's mean target survives and differs
+    between sentences; the released base IN over time sets every channel's mean over the sentence (one sample
+    of the tiny setup) to 0 (presets_v2.text_tiny_v2)."""
+    x, pm = tiny_batch("text", batch=4)
+    means = {}
+    for kind in ("layer", "instance"):
+        model = _model("text", **{"targets.layer_norm": kind}).eval()
+        y = model.targets(x, model.student.embed(x, pm)[0], pm, pm)  # [B, T, D]
+        means[kind] = y.mean(1)  # [B, D]: each sentence's mean target
+    assert preset("text", "tiny_v2").targets.layer_norm == "layer"
+    torch.testing.assert_close(means["instance"], torch.zeros_like(means["instance"]), atol=1e-4, rtol=0)
+    lay = means["layer"]
+    assert lay.norm(dim=-1).min() > 0.1 * lay.shape[-1] ** 0.5  # not a near-zero mean
+    assert (lay[0] - lay[1:]).norm(dim=-1).min() > 0.05 * lay.shape[-1] ** 0.5  # sentences differ
+
+
 @pytest.mark.parametrize("modality,copied,averaged", [
     ("speech", ["feature_encoder", "feature_proj"], ["pos_conv", "transformer", "alibi_scale"]),
     ("image", [], ["patch_embed", "cls_token", "transformer", "context_norm"]),
