@@ -129,19 +129,45 @@ def eval_fraction(text: str) -> float:
     return f
 
 
+def _mean_se(xs: list[float]) -> tuple[float, float]:
+    return statistics.mean(xs), (statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else float("nan"))
+
+
+def mean_curve(rs: list[dict]) -> dict:
+    """Over seeds: 1.0's mean accuracy and seconds, 2.0's mean accuracy and seconds at each stage (the seeds
+    share the stages), and the first stage whose mean accuracy reaches 1.0's mean accuracy."""
+    v1_acc, v1_se = _mean_se([r["v1_accuracy"] for r in rs])
+    v1_s = statistics.mean(r["v1_seconds"] for r in rs)
+    stages = []
+    for points in zip(*(r["v2_curve"] for r in rs)):
+        assert len({p["steps"] for p in points}) == 1, "the seeds' 2.0 runs were probed at different steps"
+        acc, se = _mean_se([p["accuracy"] for p in points])
+        stages.append({"steps": points[0]["steps"], "seconds": statistics.mean(p["seconds"] for p in points),
+                       "accuracy": acc, "accuracy_se": se})
+    reached = next((p for p in stages if p["accuracy"] >= v1_acc), None)
+    return {"v1_accuracy": v1_acc, "v1_accuracy_se": v1_se, "v1_seconds": v1_s, "v2_stages": stages,
+            "ratio": reached["seconds"] / v1_s if reached else None}
+
+
 def summarize(rows: list[dict]) -> dict:
-    """Per modality: the time ratio (2.0 seconds to 1.0's accuracy / 1.0 seconds) over seeds, mean and
-    standard error; a seed where 2.0 never reaches 1.0 within its run counts as ratio > 1 (reported apart)."""
+    """Per modality: the time ratio (2.0 seconds to 1.0's accuracy / 1.0 seconds) per seed, mean and
+    standard error (a seed where 2.0 never reaches 1.0 within its run counts as ratio > 1, reported apart),
+    and the same ratio on the seeds' mean curves (`mean_curve`)."""
     out = {}
     for m in dict.fromkeys(r["modality"] for r in rows):
         rs = [r for r in rows if r["modality"] == m]
         ratios = [r["time_ratio"] for r in rs if r["time_ratio"] is not None]
-        se = statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else float("nan")
+        se = _mean_se(ratios)[1] if ratios else float("nan")
+        mc = mean_curve(rs)
         out[m] = {"seeds": len(rs), "reached": len(ratios), "ratio_mean": statistics.mean(ratios) if ratios else None,
                   "ratio_se": se, "ratios": ratios, "v1_accuracy": [r["v1_accuracy"] for r in rs],
-                  "v2_final_accuracy": [r["v2_curve"][-1]["accuracy"] for r in rs]}
+                  "v2_final_accuracy": [r["v2_curve"][-1]["accuracy"] for r in rs], "mean_curve": mc}
+        last = mc["v2_stages"][-1]
         print(f"{m}: 2.0 reached 1.0's accuracy in {len(ratios)}/{len(rs)} seeds; time ratio "
-              + (f"{out[m]['ratio_mean']:.2f} +- {se:.2f} (SE)" if ratios else "-"), flush=True)
+              + (f"{out[m]['ratio_mean']:.2f} +- {se:.2f} (SE)" if ratios else "-")
+              + f"; means over seeds: 1.0 {mc['v1_accuracy']:.3f} +- {mc['v1_accuracy_se']:.3f}, 2.0 end "
+              f"{last['accuracy']:.3f} +- {last['accuracy_se']:.3f}, mean-curve time ratio "
+              + (f"{mc['ratio']:.2f}" if mc["ratio"] is not None else "- (not reached)"), flush=True)
     return out
 
 

@@ -115,21 +115,34 @@ def test_bench_v2_time_to_accuracy_summary():
     with pytest.raises(SystemExit, match="fractions"):
         bench_v2.eval_fraction("4/3")
     curve = lambda *acc: [{"steps": i, "seconds": 10.0 * i, "accuracy": a} for i, a in enumerate(acc, 1)]  # noqa: E731
-    rows = [dict(modality="image", seed=0, v1_accuracy=0.5, v2_curve=curve(0.4, 0.6), time_ratio=0.2),
-            dict(modality="image", seed=1, v1_accuracy=0.5, v2_curve=curve(0.45, 0.55), time_ratio=0.4),
-            dict(modality="text", seed=0, v1_accuracy=0.7, v2_curve=curve(0.6, 0.65), time_ratio=None)]
+    rows = [dict(modality="image", seed=0, v1_accuracy=0.5, v1_seconds=100.0, v2_curve=curve(0.4, 0.6), time_ratio=0.2),
+            dict(modality="image", seed=1, v1_accuracy=0.5, v1_seconds=100.0, v2_curve=curve(0.45, 0.55),
+                 time_ratio=0.4),
+            dict(modality="text", seed=0, v1_accuracy=0.7, v1_seconds=100.0, v2_curve=curve(0.6, 0.65), time_ratio=None),
+            # one seed never reaches its own 1.0 accuracy, the other does at once: the mean curves decide
+            dict(modality="speech", seed=0, v1_accuracy=0.5, v1_seconds=90.0, v2_curve=curve(0.45, 0.48),
+                 time_ratio=None),
+            dict(modality="speech", seed=1, v1_accuracy=0.4, v1_seconds=110.0, v2_curve=curve(0.46, 0.47),
+                 time_ratio=10 / 110)]
     s = bench_v2.summarize(rows)
     assert s["image"]["reached"] == 2 and s["image"]["ratio_mean"] == pytest.approx(0.3)
     assert s["image"]["ratio_se"] == pytest.approx(0.1)  # stdev 0.1414 / sqrt(2)
+    assert s["image"]["mean_curve"]["ratio"] == pytest.approx(0.2)  # means 0.425, 0.575 vs 0.5: stage 2, 20 s
     assert s["text"]["reached"] == 0 and s["text"]["ratio_mean"] is None  # never reached: not averaged in
-    assert s["text"]["v2_final_accuracy"] == [0.65]
+    assert s["text"]["v2_final_accuracy"] == [0.65] and s["text"]["mean_curve"]["ratio"] is None
+    sp = s["speech"]["mean_curve"]
+    assert s["speech"]["reached"] == 1 and sp["v1_accuracy"] == pytest.approx(0.45)
+    assert sp["v2_stages"][0]["accuracy"] == pytest.approx(0.455) and sp["ratio"] == pytest.approx(10 / 100)
+    assert sp["v1_accuracy_se"] == pytest.approx(0.05)  # stdev 0.0707 / sqrt(2)
 
 
 def test_bench_text_targets_quick(tmp_path):
     """At init the learned position table already explains a large share of the text targets' variance;
-    without absolute positions (tiny_v2's ALiBi) position explains little and token identity most."""
+    without absolute positions (tiny_v2's ALiBi) position explains little and token identity most; the instance
+    norm over each sentence removes the sentence means that LN targets keep."""
     stdout, result = run_quick("bench_text_targets", tmp_path)
     assert stdout.startswith("# ") and result["header"]["threads"] == 1
-    learned, alibi = result["rows"]
-    assert learned["init"]["by_position"] > 3 * alibi["init"]["by_position"]
-    assert alibi["init"]["by_token"] > 0.8 > alibi["init"]["by_position"] + 0.5
+    learned, alibi_in, alibi_ln = result["rows"]
+    assert learned["init"]["by_position"] > 3 * alibi_in["init"]["by_position"]
+    assert alibi_in["init"]["by_token"] > 0.8 > alibi_in["init"]["by_position"] + 0.5
+    assert alibi_ln["init"]["by_sentence"] > 2 * alibi_in["init"]["by_sentence"]
