@@ -87,7 +87,7 @@ def speech_tiny_v2() -> Data2VecConfig:
                    # seed 0); with its own CNN it ends at 0.410 / 0.417 (seeds 0, 1; demo.py SPECS_V2)
                    ema=replace(c.ema, decay_start=0.99, decay_end=0.999, anneal_steps=300, shared=(),
                                teacher_input="raw"),
-                   # 8 clips x 4 clones: about the cost of a 1.0 tiny step (16 clips); lr 1e-3 probes worse (demo)
+                   # 8 clips x 4 clones: about the cost of a 1.0 tiny step (16 clips); lr 1e-3 probes worse (demo.py)
                    optim=replace(c.optim, lr=5e-4, warmup_steps=20, total_steps=300, batch_size=8, clip_norm=1.0,
                                  max_tokens=0),
                    guard=TINY_GUARD)
