@@ -58,9 +58,9 @@ SPECS = {
 # data2vec 2.0 (`demo --version 2`, runs/demo_v2): the tiny_v2 presets on the same data and probes, with
 # steps chosen so that a run costs about as many CPU-seconds as the 1.0 demo's. Measured (benchmarks/bench_v2.py,
 # benchmarks/results/v2.json; random init = mean of 3 tiny_v2 draws): images beat random init from the first
-# stage (0.74 / 0.76 vs 0.60 at 300 steps, seeds 0 / 1); speech ends at 0.410 / 0.417 / 0.380 / 0.523 vs 0.331
-# (seeds 0-3; its teacher runs its own EMA CNN: with the released sharing it peaked at 67 steps and fell to
-# 0.333 / 0.370); text ends at 0.737 / 0.729 / 0.715 vs 0.712 (seeds 0-2; ALiBi without absolute positions and
+# stage (0.74 / 0.76 vs 0.60 at 300 steps, seeds 0 / 1); speech ends at 0.38-0.52 (mean 0.429) vs 0.331 (seeds
+# 0-5; its teacher runs its own EMA CNN: with the released sharing it peaked at 67 steps and fell to
+# 0.333 / 0.370); text ends at 0.715-0.738 (mean 0.730) vs 0.712 (seeds 0-4; ALiBi without absolute positions and
 # per-layer LN targets: with the released learned positions the targets became position tables and it fell to
 # 0.693 / 0.676; with ALiBi and the released IN targets it ended at 0.719 / 0.694). Tried for text without a gain
 # (with IN targets unless said): LN targets with learned positions, tau 0.999 -> 0.9999, mask 0.15 / 0.3, the
