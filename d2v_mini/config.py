@@ -274,13 +274,8 @@ def override(cfg, **changes):
         top[head] = override(child, **sub)
     for name, value in top.items():  # a JSON / CLI list for a tuple field (ema.shared, conv_layers) is stored as
         if isinstance(value, list) and isinstance(getattr(cfg, name), tuple):  # the tuple a checkpoint reloads
-            top[name] = _tuples(value)
+            top[name] = _tuplify(value)
     return replace(cfg, **top)
-
-
-def _tuples(value):
-    """Nested lists -> nested tuples."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
 def fit_schedules(cfg, steps: int):
